@@ -1,0 +1,269 @@
+// Var<T, Device>: a tensor value, its gradient, and its place on the tape.
+//
+// The tape: every recorded op is a Node holding its parents and a backward function; nodes are numbered
+// in creation order, so walking the reachable nodes from the newest to the oldest is a valid reverse
+// topological order. backward() does exactly that. Contracts:
+//  - backward functions ACCUMULATE into parents' gradients (+=), never overwrite: a value used twice
+//    gets the sum, and gradients add up across backward() calls until zero_grad();
+//  - gradients of intermediate (non-leaf) nodes are freed once consumed unless retain_grad() was called;
+//  - frozen Vars (requires_grad = false) never get a gradient, but gradients still flow through the ops
+//    that use them to their other inputs.
+#pragma once
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "distill/autograd/grad_mode.hpp"
+#include "distill/expr/eval.hpp"
+
+namespace distill::autograd {
+
+inline uint64_t next_seq() {
+  static std::atomic<uint64_t> counter{0};
+  return ++counter;
+}
+
+struct Node {
+  uint64_t seq = next_seq();
+  bool requires_grad = false;
+  bool retain = false;
+  const char* op = "leaf";
+  std::vector<std::shared_ptr<Node>> parents;
+  std::function<void(Node&)> backward_fn;
+
+  virtual ~Node() = default;
+  bool is_leaf() const { return !backward_fn; }
+  virtual bool has_grad() const = 0;
+  virtual bool grad_all_finite() const = 0;
+  virtual void release_grad() = 0;
+  virtual std::string describe() const = 0;
+};
+
+template <class T, class D>
+struct TypedNode final : Node {
+  Tensor<T, D> value;
+  Tensor<T, D> grad;
+
+  // The gradient buffer, created as zeros on first use.
+  Tensor<T, D>& grad_buffer() {
+    if (!grad.defined()) grad = Tensor<T, D>::zeros(value.shape());
+    return grad;
+  }
+  bool has_grad() const override { return grad.defined(); }
+  bool grad_all_finite() const override {
+    if constexpr (std::is_same_v<D, Cpu>) {
+      const T* g = grad.data();
+      for (int64_t i = 0; i < grad.numel(); ++i)
+        if (!std::isfinite(static_cast<double>(to_compute<T>(g[i])))) return false;
+      return true;
+    } else {
+      auto h = grad.template to<Cpu>();
+      for (int64_t i = 0; i < h.numel(); ++i)
+        if (!std::isfinite(static_cast<double>(to_compute<T>(h.data()[i])))) return false;
+      return true;
+    }
+  }
+  void release_grad() override { grad = Tensor<T, D>(); }
+  std::string describe() const override {
+    return std::string(dtype_name_v<T>) + value.shape().str() + " on " + D::name;
+  }
+};
+
+// Runs the backward pass from `root`, whose gradient buffer must already hold the seed.
+inline void run_backward(const std::shared_ptr<Node>& root) {
+  std::vector<Node*> order;
+  std::unordered_set<Node*> seen;
+  std::vector<Node*> stack{root.get()};
+  while (!stack.empty()) {
+    Node* n = stack.back();
+    stack.pop_back();
+    if (!seen.insert(n).second) continue;
+    order.push_back(n);
+    for (auto& p : n->parents)
+      if (p->requires_grad) stack.push_back(p.get());
+  }
+  std::sort(order.begin(), order.end(), [](Node* a, Node* b) { return a->seq > b->seq; });
+  for (Node* n : order) {
+    if (n->is_leaf() || !n->has_grad()) continue;
+    n->backward_fn(*n);
+    if (detect_nonfinite()) {
+      for (auto& p : n->parents)
+        if (p->requires_grad && p->has_grad() && !p->grad_all_finite())
+          throw Error(std::string("non-finite gradient (NaN or Inf) produced by the backward of '") + n->op +
+                      "' for its input " + p->describe());
+    }
+    if (n != root.get() && !n->retain) n->release_grad();
+  }
+}
+
+}  // namespace distill::autograd
+
+namespace distill {
+
+namespace autograd {
+// dst += src (same shape; dst contiguous). The one accumulation primitive backward functions use.
+template <class T, class D>
+void accumulate(const Tensor<T, D>& dst, const Tensor<T, D>& src) {
+  static_assert(std::is_same_v<D, Cpu>, "device accumulation comes with the CUDA backend");
+  check_same_shape(dst.shape(), src.shape(), "accumulate");
+  expr::assign(dst, expr::make_node(dst) + expr::make_node(src));
+}
+}  // namespace autograd
+
+template <class T, class D = Cpu>
+class Var {
+  static_assert(FloatingDtype<T>, "Var holds a floating-point dtype (f32, f64, bf16 or f16)");
+
+ public:
+  using value_type = T;
+  using device_type = D;
+  using node_type = autograd::TypedNode<T, D>;
+
+  Var() = default;
+  // A leaf. Its value is made contiguous (views are copied).
+  explicit Var(const Tensor<T, D>& value, bool requires_grad = false) : n_(std::make_shared<node_type>()) {
+    n_->value = value.contiguous();
+    n_->requires_grad = requires_grad;
+  }
+  // A trainable leaf (requires_grad = true).
+  static Var param(const Tensor<T, D>& value) { return Var(value, true); }
+
+  // Evaluate an element-wise expression in one fused pass; when any differentiable input requires a
+  // gradient (and grad mode is on) the result is recorded with the derived fused backward.
+  template <expr::Expression E>
+  requires std::is_same_v<typename E::value_type, T> && std::is_same_v<typename E::device_type, D> Var(const E& e)
+      : n_(std::make_shared<node_type>()) {  // NOLINT: implicit by design, `Var y = silu(x);`
+    n_->value = eval(e);
+    if (autograd::grad_enabled() && e.any_requires_grad()) {
+      n_->requires_grad = true;
+      n_->op = "elementwise";
+      e.collect_nodes(n_->parents);
+      n_->backward_fn = [e](autograd::Node& self) { expr::backward_pass(e, static_cast<node_type&>(self).grad); };
+    }
+  }
+
+  // Records a coarse op: `bw(self)` must accumulate into the parents' gradients from self.grad.
+  // With `always`, the result requires grad whenever grad mode is on, even if no listed parent does
+  // (activation checkpointing: trainable weights captured inside the recomputed function).
+  static Var record(const char* op, Tensor<T, D> value, std::vector<std::shared_ptr<autograd::Node>> parents,
+                    std::function<void(node_type&)> bw, bool always = false) {
+    Var v(value, false);
+    if (!autograd::grad_enabled()) return v;
+    bool any = always;
+    for (auto& p : parents) any = any || (p && p->requires_grad);
+    if (!any) return v;
+    std::erase_if(parents, [](const auto& p) { return !p || !p->requires_grad; });
+    v.n_->requires_grad = true;
+    v.n_->op = op;
+    v.n_->parents = std::move(parents);
+    v.n_->backward_fn = [bw = std::move(bw)](autograd::Node& self) { bw(static_cast<node_type&>(self)); };
+    return v;
+  }
+
+  bool defined() const { return n_ != nullptr; }
+  const Tensor<T, D>& value() const { return n_->value; }
+  const Shape& shape() const { return n_->value.shape(); }
+  int64_t dim(int i) const { return n_->value.dim(i); }
+  int64_t numel() const { return n_->value.numel(); }
+  bool requires_grad() const { return n_->requires_grad; }
+  bool is_leaf() const { return n_->is_leaf(); }
+  const char* op() const { return n_->op; }
+  // Gradient (undefined until some backward() reached this Var).
+  const Tensor<T, D>& grad() const { return n_->grad; }
+  // The gradient buffer (zeros on first use); backward functions accumulate into it.
+  Tensor<T, D>& grad_buffer() const { return n_->grad_buffer(); }
+  void zero_grad() const { n_->release_grad(); }
+  void retain_grad() const { n_->retain = true; }
+
+  // Frozen leaves never receive gradients or optimizer state.
+  void freeze() const {
+    DISTILL_CHECK(is_leaf(), "only leaves can be frozen; use a no-grad scope for computed values");
+    n_->requires_grad = false;
+  }
+  void unfreeze() const {
+    DISTILL_CHECK(is_leaf(), "only leaves can be made trainable");
+    n_->requires_grad = true;
+  }
+  // A new leaf sharing this value, cut from the tape.
+  Var detach() const { return Var(n_->value, false); }
+
+  // Backward from a scalar (one-element) Var, seeding d(self)/d(self) = 1.
+  void backward() const {
+    DISTILL_CHECK(numel() == 1, "backward() without a seed needs a one-element Var, got ", shape().str(),
+                  "; pass a seed gradient of the same shape");
+    auto seed = Tensor<T, Cpu>::full(shape(), T(1));
+    backward(seed.template to<D>());
+  }
+  // Backward with an explicit upstream gradient of this Var's shape.
+  void backward(const Tensor<T, D>& seed) const {
+    check_same_shape(shape(), seed.shape(), "backward seed");
+    DISTILL_CHECK(requires_grad(),
+                  "backward() on a Var that does not require grad (no trainable input, a frozen "
+                  "leaf, or created under NoGradGuard)");
+    auto& g = grad_buffer();
+    Tensor<T, D> s = seed.contiguous();
+    if constexpr (std::is_same_v<D, Cpu>) {
+      for (int64_t i = 0; i < g.numel(); ++i)
+        g.data()[i] = from_compute<T>(to_compute<T>(g.data()[i]) + to_compute<T>(s.data()[i]));
+    } else {
+      static_assert(std::is_same_v<D, Cpu>, "device backward seeding comes with the CUDA backend");
+    }
+    autograd::run_backward(n_);
+  }
+
+  const std::shared_ptr<node_type>& node() const { return n_; }
+
+ private:
+  std::shared_ptr<node_type> n_;
+};
+
+namespace expr {
+// A Var inside an expression: reads its value, and in the backward pass accumulates into its gradient
+// (when it requires one). Holds the node, so the tape keeps what it saved alive.
+template <class T, class D>
+struct VarLeaf : StridedLeaf<T, D> {
+  using Base = StridedLeaf<T, D>;
+  using C = typename Base::C;
+  std::shared_ptr<autograd::TypedNode<T, D>> node;
+  T* gbase = nullptr;
+  T* grow = nullptr;
+
+  explicit VarLeaf(const Var<T, D>& v) : Base(v.value()), node(v.node()) {}
+  bool any_requires_grad() const { return node->requires_grad; }
+  void collect_nodes(std::vector<std::shared_ptr<autograd::Node>>& out) const {
+    if (node->requires_grad) out.push_back(node);
+  }
+  void prepare_grads() { gbase = node->requires_grad ? node->grad_buffer().data() : nullptr; }
+  bool grad_broadcast() const { return gbase && this->bcast; }
+  void bind_flat() {
+    Base::bind_flat();
+    grow = gbase;
+  }
+  void bind(const Shape& out) {
+    Base::bind(out);
+    grow = gbase;
+  }
+  void seek(const int64_t* idx, int R) {
+    Base::seek(idx, R);
+    grow = gbase ? gbase + (this->row - this->base) : nullptr;  // value and grad share contiguous layout
+  }
+  template <bool U>
+  DISTILL_FORCEINLINE void bwd(int64_t j, C, C g) const {
+    if (!grow) return;
+    T& dst = U ? grow[j] : grow[j * this->step];
+    dst = from_compute<T>(to_compute<T>(dst) + g);
+  }
+};
+
+template <class T, class D>
+struct leaf_of<Var<T, D>> {
+  static VarLeaf<T, D> make(const Var<T, D>& v) { return VarLeaf<T, D>(v); }
+};
+}  // namespace expr
+
+}  // namespace distill

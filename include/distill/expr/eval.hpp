@@ -1,0 +1,125 @@
+// Evaluation of expressions: the forward pass and the derived backward pass, each ONE fused loop over
+// the output. Same-shape contiguous operands run as a flat loop; broadcasting runs row by row with
+// per-leaf strides. Loops are split across OpenMP threads; each thread works on its own copy of the
+// (small) expression object.
+#pragma once
+#include "distill/core/config.hpp"
+#include "distill/core/parallel.hpp"
+#include "distill/expr/nodes.hpp"
+
+namespace distill::expr {
+
+inline constexpr int64_t kEwiseGrain = 1 << 14;
+
+namespace detail {
+// Calls body(local_expr, begin, end, unit, base) over output ranges [begin, end); the leaves index the
+// range as j - base (base = 0 in flat mode, the row start in row mode). Parallel unless `serial`.
+template <class E, class Body>
+void for_each_row(const E& e0, const Shape& shape, bool serial, Body&& body) {
+  const int64_t numel = shape.numel();
+  if (numel == 0) return;
+  E e = e0;
+  if (e.flat_ok(shape)) {
+    e.bind_flat();
+    auto run = [&](int64_t b, int64_t end) {
+      E local = e;
+      local.seek(nullptr, 0);
+      body(local, b, end, true, int64_t{0});
+    };
+    if (serial)
+      run(0, numel);
+    else
+      parallel_for(numel, kEwiseGrain, run);
+    return;
+  }
+  e.bind(shape);
+  const int R = shape.rank();
+  const int64_t n = shape.back(), rows = numel / n;
+  auto run = [&](int64_t rb, int64_t re) {
+    E local = e;
+    int64_t idx[kMaxRank] = {};
+    for (int64_t r = rb; r < re; ++r) {
+      int64_t rem = r;
+      for (int i = R - 2; i >= 0; --i) {
+        idx[i] = rem % shape[i];
+        rem /= shape[i];
+      }
+      local.seek(idx, R);
+      body(local, r * n, r * n + n, local.all_unit(), r * n);
+    }
+  };
+  if (serial)
+    run(0, rows);
+  else
+    parallel_for(rows, std::max<int64_t>(1, kEwiseGrain / std::max<int64_t>(n, 1)), run);
+}
+// The innermost loops. They vectorize (math::exp and friends included) when the compiler may
+// if-convert float selects: clang by default, GCC with -fno-trapping-math, which distill::distill
+// adds to its users' flags (results are unchanged; only FP exception flags are not honoured).
+template <bool Unit, class E, class T>
+void assign_range(const E& x, T* o, int64_t b, int64_t end, int64_t base) {
+  // Same-index reads and writes only, so simd is safe even when `out` is also an operand.
+#pragma omp simd
+  for (int64_t j = b; j < end; ++j) o[j] = from_compute<T>(x.template value<Unit>(j - base));
+}
+
+template <bool Unit, class E, class T>
+void backward_range(const E& x, const T* g, int64_t b, int64_t end, int64_t base) {
+  for (int64_t j = b; j < end; ++j) {
+    const auto c = x.template fwd<Unit>(j - base);
+    x.template bwd<Unit>(j - base, c, to_compute<T>(g[j]));
+  }
+}
+}  // namespace detail
+
+// out = e, element-wise, in one pass. `out` must be contiguous with e's shape.
+template <class E, class T, class D>
+void assign(const Tensor<T, D>& out, const E& e) {
+  static_assert(std::is_same_v<D, Cpu>,
+                "evaluating an expression on Cuda needs the CUDA backend's generated kernel (distill::kernels)");
+  check_same_shape(out.shape(), e.out_shape(), "assign");
+  DISTILL_CHECK(out.is_contiguous(), "assign: the destination must be contiguous");
+  T* o = out.data();
+  detail::for_each_row(e, out.shape(), false, [&](const E& x, int64_t b, int64_t end, bool unit, int64_t base) {
+    if (unit)
+      detail::assign_range<true>(x, o, b, end, base);
+    else
+      detail::assign_range<false>(x, o, b, end, base);
+  });
+}
+
+// Fused backward: for every element, recompute the forward tree once (keeping intermediates) and push
+// g_out down to every leaf that wants a gradient. Leaves accumulate (+=) into their gradient buffers.
+// When a differentiated leaf is broadcast, several outputs hit one gradient element, so the pass runs
+// serially to stay race-free and deterministic.
+template <class E, class T, class D>
+void backward_pass(E e, const Tensor<T, D>& g_out) {
+  static_assert(std::is_same_v<D, Cpu>, "the CUDA backward pass comes from distill::kernels");
+  e.prepare_grads();
+  const Shape shape = e.out_shape();
+  check_same_shape(shape, g_out.shape(), "backward");
+  const T* g = g_out.data();
+  E probe = e;
+  probe.bind(shape);
+  const bool serial = probe.grad_broadcast();
+  detail::for_each_row(e, shape, serial, [&](const E& x, int64_t b, int64_t end, bool unit, int64_t base) {
+    if (unit)
+      detail::backward_range<true>(x, g, b, end, base);
+    else
+      detail::backward_range<false>(x, g, b, end, base);
+  });
+}
+
+}  // namespace distill::expr
+
+namespace distill {
+// Evaluate an expression into a new contiguous tensor.
+template <expr::Expression E>
+auto eval(const E& e) {
+  using T = typename E::value_type;
+  using D = typename E::device_type;
+  auto out = Tensor<T, D>::empty(e.out_shape());
+  expr::assign(out, e);
+  return out;
+}
+}  // namespace distill

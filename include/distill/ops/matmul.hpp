@@ -1,0 +1,240 @@
+// Batched matrix multiply with transposes: C = op(A) · op(B), op(X) = X or Xᵀ (last two axes).
+//   A: [..., M, K] (or [..., K, M] with trans_a)       // batch dims ...
+//   B: [..., K, N] (or [..., N, K] with trans_b), or a rank-2 B shared by every batch (weights)
+//   C: [..., M, N]
+// ref:: is a plain triple loop accumulating in double; cpu:: maps each batch onto Eigen's GEMM (with
+// OpenMP across batches, or inside Eigen for a single large product). 16-bit inputs compute in f32.
+// Backward: dop(A) = dC · op(B)ᵀ, dop(B) = op(A)ᵀ · dC; a shared B sums its gradient over the batch.
+#pragma once
+#include <Eigen/Core>
+#include <vector>
+
+#include "distill/autograd/var.hpp"
+#include "distill/core/parallel.hpp"
+
+namespace distill {
+
+namespace detail {
+struct MatmulDims {
+  Shape batch_shape;  // leading dims of A (and of B unless B is shared)
+  int64_t batch = 1, M = 0, N = 0, K = 0;
+  bool b_shared = false;
+};
+
+inline MatmulDims matmul_dims(const Shape& a, const Shape& b, bool ta, bool tb) {
+  if (a.rank() < 2 || b.rank() < 2)
+    throw ShapeError("matmul: operands need rank >= 2, got " + a.str() + " and " + b.str());
+  MatmulDims d;
+  d.M = ta ? a.dim(-1) : a.dim(-2);
+  const int64_t ka = ta ? a.dim(-2) : a.dim(-1);
+  d.K = tb ? b.dim(-1) : b.dim(-2);
+  d.N = tb ? b.dim(-2) : b.dim(-1);
+  if (ka != d.K)
+    throw ShapeError("matmul: inner dimensions differ: " + a.str() + (ta ? "ᵀ" : "") + " · " + b.str() +
+                     (tb ? "ᵀ" : ""));
+  for (int i = 0; i < a.rank() - 2; ++i) d.batch_shape.push_back(a[i]);
+  d.batch = d.batch_shape.numel();
+  d.b_shared = b.rank() == 2;
+  if (!d.b_shared) {
+    bool same = b.rank() == a.rank();
+    for (int i = 0; same && i < a.rank() - 2; ++i) same = a[i] == b[i];
+    if (!same)
+      throw ShapeError("matmul: batch dimensions differ: " + a.str() + " and " + b.str() +
+                       " (B must have A's batch dims or be rank 2)");
+  }
+  return d;
+}
+
+inline Shape matmul_out_shape(const MatmulDims& d) {
+  Shape s = d.batch_shape;
+  s.push_back(d.M);
+  s.push_back(d.N);
+  return s;
+}
+
+// C[M,N] (= or +=) op(A) · op(B) for one row-major block; Eigen GEMM in the compute type.
+template <class T>
+void gemm_block(const T* A, bool ta, const T* B, bool tb, T* C, int64_t M, int64_t N, int64_t K, bool accumulate) {
+  using C_t = compute_t<T>;
+  using Mat = Eigen::Matrix<C_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  if constexpr (std::is_same_v<T, C_t>) {
+    using Map = Eigen::Map<const Mat>;
+    Eigen::Map<Mat> c(C, M, N);
+    const Map a(A, ta ? K : M, ta ? M : K), b(B, tb ? N : K, tb ? K : N);
+    auto run = [&](const auto& opa, const auto& opb) {
+      if (accumulate)
+        c.noalias() += opa * opb;
+      else
+        c.noalias() = opa * opb;
+    };
+    if (ta && tb)
+      run(a.transpose(), b.transpose());
+    else if (ta)
+      run(a.transpose(), b);
+    else if (tb)
+      run(a, b.transpose());
+    else
+      run(a, b);
+  } else {
+    // 16-bit inputs: widen to f32, multiply, round once on the way out.
+    Mat a =
+        Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(A, ta ? K : M, ta ? M : K)
+            .template cast<C_t>();
+    Mat b =
+        Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(B, tb ? N : K, tb ? K : N)
+            .template cast<C_t>();
+    Mat c(M, N);
+    c.setZero();
+    gemm_block<C_t>(a.data(), ta, b.data(), tb, c.data(), M, N, K, false);
+    Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> out(C, M, N);
+    if (accumulate)
+      out = (out.template cast<C_t>() + c).template cast<T>();
+    else
+      out = c.template cast<T>();
+  }
+}
+}  // namespace detail
+
+namespace ref {
+template <FloatingDtype T>
+Tensor<T> matmul(const Tensor<T>& a0, const Tensor<T>& b0, bool trans_a = false, bool trans_b = false) {
+  const auto d = detail::matmul_dims(a0.shape(), b0.shape(), trans_a, trans_b);
+  const Tensor<T> a = a0.contiguous(), b = b0.contiguous();
+  auto c = Tensor<T>::empty(detail::matmul_out_shape(d));
+  const int64_t sa = d.M * d.K, sb = d.b_shared ? 0 : d.K * d.N, sc = d.M * d.N;
+  for (int64_t p = 0; p < d.batch; ++p)
+    for (int64_t i = 0; i < d.M; ++i)
+      for (int64_t j = 0; j < d.N; ++j) {
+        double acc = 0;
+        for (int64_t k = 0; k < d.K; ++k) {
+          const T av = trans_a ? a.data()[p * sa + k * d.M + i] : a.data()[p * sa + i * d.K + k];
+          const T bv = trans_b ? b.data()[p * sb + j * d.K + k] : b.data()[p * sb + k * d.N + j];
+          acc += static_cast<double>(to_compute<T>(av)) * static_cast<double>(to_compute<T>(bv));
+        }
+        c.data()[p * sc + i * d.N + j] = from_compute<T>(static_cast<compute_t<T>>(acc));
+      }
+  return c;
+}
+}  // namespace ref
+
+namespace cpu {
+template <FloatingDtype T>
+Tensor<T> matmul(const Tensor<T>& a0, const Tensor<T>& b0, bool trans_a = false, bool trans_b = false) {
+  const auto d = detail::matmul_dims(a0.shape(), b0.shape(), trans_a, trans_b);
+  const Tensor<T> a = a0.contiguous(), b = b0.contiguous();
+  auto c = Tensor<T>::empty(detail::matmul_out_shape(d));
+  if (d.b_shared && !trans_a) {
+    // [batch*M, K] · op(B): one large GEMM (Eigen parallelizes it).
+    detail::gemm_block(a.data(), false, b.data(), trans_b, c.data(), d.batch * d.M, d.N, d.K, false);
+    return c;
+  }
+  const int64_t sa = d.M * d.K, sb = d.b_shared ? 0 : d.K * d.N, sc = d.M * d.N;
+  auto one = [&](int64_t p) {
+    detail::gemm_block(a.data() + p * sa, trans_a, b.data() + p * sb, trans_b, c.data() + p * sc, d.M, d.N, d.K, false);
+  };
+  if (d.batch >= max_threads())
+    parallel_for(d.batch, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t p = lo; p < hi; ++p) one(p);
+    });
+  else
+    for (int64_t p = 0; p < d.batch; ++p) one(p);
+  return c;
+}
+
+// Gradients of C = op(A)·op(B) given dC; returns {dA, dB} (dB has B's shape; summed over the batch when shared).
+template <FloatingDtype T>
+std::pair<Tensor<T>, Tensor<T>> matmul_backward(const Tensor<T>& a, const Tensor<T>& b, const Tensor<T>& dc,
+                                                bool trans_a, bool trans_b, bool need_a = true, bool need_b = true) {
+  const auto d = detail::matmul_dims(a.shape(), b.shape(), trans_a, trans_b);
+  Tensor<T> da, db;
+  if (need_a) {
+    if (!trans_a) {
+      da = matmul(dc, b, false, !trans_b);  // dA = dC · op(B)ᵀ
+    } else if (!d.b_shared) {
+      da = matmul(b, dc, trans_b, true);  // dA = op(B) · dCᵀ   [..., K, M]
+    } else {
+      const Tensor<T> bc = b.contiguous(), gc = dc.contiguous();
+      da = Tensor<T>::empty(a.shape());
+      parallel_for(d.batch, 1, [&](int64_t lo, int64_t hi) {
+        for (int64_t p = lo; p < hi; ++p)
+          detail::gemm_block(bc.data(), trans_b, gc.data() + p * d.M * d.N, true, da.data() + p * d.K * d.M, d.K, d.M,
+                             d.N, false);
+      });
+    }
+  }
+  if (need_b) {
+    if (!d.b_shared) {
+      db = trans_b ? matmul(dc, a, true, trans_a) : matmul(a, dc, !trans_a, false);
+    } else {
+      // Sum over the batch. Without trans_a, fold the batch into the rows: one GEMM.
+      const Tensor<T> ac = a.contiguous(), gc = dc.contiguous();
+      db = Tensor<T>::empty(b.shape());
+      if (!trans_a) {
+        const int64_t R = d.batch * d.M;
+        if (trans_b)  // dB[N,K] = dCᵀ[N,R] · A[R,K]
+          detail::gemm_block(gc.data(), true, ac.data(), false, db.data(), d.N, d.K, R, false);
+        else  // dB[K,N] = Aᵀ[K,R] · dC[R,N]
+          detail::gemm_block(ac.data(), true, gc.data(), false, db.data(), d.K, d.N, R, false);
+      } else {
+        db.zero_();
+        for (int64_t p = 0; p < d.batch; ++p) {
+          const T* ap = ac.data() + p * d.M * d.K;  // [K, M]
+          const T* gp = gc.data() + p * d.M * d.N;  // [M, N]
+          if (trans_b)                              // dB[N,K] = dCᵀ · op(A) = dCᵀ[N,M] · Aᵀ[M,K]
+            detail::gemm_block(gp, true, ap, true, db.data(), d.N, d.K, d.M, true);
+          else  // dB[K,N] = op(A)ᵀ · dC = A[K,M] · dC[M,N]
+            detail::gemm_block(ap, false, gp, false, db.data(), d.K, d.N, d.M, true);
+        }
+      }
+    }
+  }
+  return {da, db};
+}
+}  // namespace cpu
+
+namespace ref {
+// Same contract as cpu::matmul_backward, from ref::matmul (plain loops).
+template <FloatingDtype T>
+std::pair<Tensor<T>, Tensor<T>> matmul_backward(const Tensor<T>& a, const Tensor<T>& b, const Tensor<T>& dc,
+                                                bool trans_a, bool trans_b) {
+  const auto d = detail::matmul_dims(a.shape(), b.shape(), trans_a, trans_b);
+  Tensor<T> da = trans_a ? Tensor<T>() : matmul(dc, b, false, !trans_b);
+  if (trans_a) {  // dA[..., K, M] = op(B) · dCᵀ, one batch at a time (B may be shared)
+    da = Tensor<T>::empty(a.shape());
+    for (int64_t p = 0; p < d.batch; ++p) {
+      auto bp = d.b_shared
+                    ? b
+                    : b.reshape({d.batch, b.dim(-2), b.dim(-1)}).slice(0, p, p + 1).reshape({b.dim(-2), b.dim(-1)});
+      auto gp = dc.contiguous().reshape({d.batch, d.M, d.N}).slice(0, p, p + 1).reshape({d.M, d.N});
+      auto r = matmul(bp, gp, trans_b, true);  // [K, M]
+      std::copy_n(r.data(), r.numel(), da.data() + p * d.K * d.M);
+    }
+  }
+  Tensor<T> db = Tensor<T>::zeros(b.shape());
+  const auto ac = a.contiguous().reshape({d.batch, a.dim(-2), a.dim(-1)});
+  const auto gc = dc.contiguous().reshape({d.batch, d.M, d.N});
+  for (int64_t p = 0; p < d.batch; ++p) {
+    auto ap = ac.slice(0, p, p + 1).reshape({a.dim(-2), a.dim(-1)});
+    auto gp = gc.slice(0, p, p + 1).reshape({d.M, d.N});
+    auto r = trans_b ? matmul(gp, ap, true, trans_a) : matmul(ap, gp, !trans_a, false);
+    T* dst = db.data() + (d.b_shared ? 0 : p * r.numel());
+    for (int64_t i = 0; i < r.numel(); ++i)
+      dst[i] = from_compute<T>(to_compute<T>(dst[i]) + to_compute<T>(r.data()[i]));
+  }
+  return {da, db};
+}
+}  // namespace ref
+
+// The recorded op.
+template <FloatingDtype T>
+Var<T> matmul(const Var<T>& a, const Var<T>& b, bool trans_a = false, bool trans_b = false) {
+  auto c = cpu::matmul(a.value(), b.value(), trans_a, trans_b);
+  return Var<T>::record("matmul", c, {a.node(), b.node()}, [a, b, trans_a, trans_b](auto& self) {
+    auto [da, db] =
+        cpu::matmul_backward(a.value(), b.value(), self.grad, trans_a, trans_b, a.requires_grad(), b.requires_grad());
+    if (a.requires_grad()) autograd::accumulate(a.grad_buffer(), da);
+    if (b.requires_grad()) autograd::accumulate(b.grad_buffer(), db);
+  });
+}
+
+}  // namespace distill

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The test command (README, CI): from nothing on Debian 12, as root (or with sudo), install what is
+# missing, check formatting, configure, build everything (tests, benchmarks, apps; the CUDA kernels when
+# nvcc is present) and run the whole test suite. Exits non-zero when anything fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pkgs=(cmake ninja-build g++ ccache libeigen3-dev doctest-dev libbenchmark-dev clang-format)
+missing=()
+for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== installing: ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# nvcc lives outside PATH on many machines; the CUDA kernels are compiled whenever it exists.
+if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH=/usr/local/cuda/bin:$PATH; fi
+
+echo "== format check"
+bash scripts/check_format.sh
+
+echo "== configure + build"
+cmake --preset ci
+cmake --build --preset ci
+
+echo "== tests"
+ctest --preset ci

@@ -1,0 +1,104 @@
+// The backend-consistency + gradient-check harness shared by every op test (after ggml's
+// test-backend-ops). One TEST_CASE per op: the fast path against ref:: with a named per-dtype tolerance
+// (atol + rtol*|ref|, printing max abs/rel error), and gradients against central finite differences in f64.
+// CUDA cases come with the CUDA backend and are skipped, saying so, when no GPU is usable.
+#pragma once
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "distill/autograd.hpp"
+
+namespace distill::test {
+
+struct Tol {
+  double atol, rtol;
+  const char* name;
+};
+// Named tolerances per dtype (used everywhere; never sprinkle literals).
+inline constexpr Tol kTolF64{1e-10, 1e-9, "f64"};
+inline constexpr Tol kTolF32{1e-5, 1e-4, "f32"};
+inline constexpr Tol kTolF16{2e-3, 2e-3, "f16"};
+inline constexpr Tol kTolBf16{1.6e-2, 1.6e-2, "bf16"};
+// Gradient checks: f64 finite differences with eps = 1e-6.
+inline constexpr Tol kTolGrad{1e-6, 1e-5, "gradcheck-f64"};
+
+template <class T>
+constexpr Tol tol_for() {
+  if constexpr (std::is_same_v<T, double>)
+    return kTolF64;
+  else if constexpr (std::is_same_v<T, float>)
+    return kTolF32;
+  else if constexpr (std::is_same_v<T, f16>)
+    return kTolF16;
+  else
+    return kTolBf16;
+}
+
+// DISTILL_TEST_VERBOSE=1 prints every comparison's max error, not only failures.
+inline bool verbose() {
+  static const bool v = [] {
+    const char* e = std::getenv("DISTILL_TEST_VERBOSE");
+    return e && *e && *e != '0';
+  }();
+  return v;
+}
+
+struct CloseReport {
+  bool ok = true;
+  double max_abs = 0, max_rel = 0;
+  int64_t worst = -1;
+};
+
+template <class T, class U>
+CloseReport compare(const Tensor<T>& got, const Tensor<U>& ref, Tol tol) {
+  CloseReport r;
+  for (int64_t i = 0; i < ref.numel(); ++i) {
+    const double g = static_cast<double>(to_compute<T>(got.flat(i)));
+    const double e = static_cast<double>(to_compute<U>(ref.flat(i)));
+    const double a = std::abs(g - e);
+    const bool both_nan = std::isnan(g) && std::isnan(e);
+    const bool same_inf = std::isinf(g) && std::isinf(e) && (g > 0) == (e > 0);
+    if (both_nan || same_inf) continue;
+    r.max_abs = std::max(r.max_abs, a);
+    if (a > tol.atol) r.max_rel = std::max(r.max_rel, a / std::max(std::abs(e), 1e-30));
+    if (!(a <= tol.atol + tol.rtol * std::abs(e)) && r.ok) {
+      r.ok = false;
+      r.worst = i;
+    }
+  }
+  return r;
+}
+
+// CHECKs that `got` matches `ref` within `tol`; prints max errors on failure (and with -s).
+template <class T, class U>
+void check_close(const Tensor<T>& got, const Tensor<U>& ref, Tol tol, const std::string& what) {
+  INFO(what);
+  REQUIRE_MESSAGE(got.shape() == ref.shape(), "shape " << got.shape().str() << " vs reference " << ref.shape().str());
+  const CloseReport r = compare(got, ref, tol);
+  INFO("tolerance " << std::string(tol.name) << " (atol " << tol.atol << ", rtol " << tol.rtol << "): max abs err "
+                    << r.max_abs << ", max rel err " << r.max_rel);
+  if (!r.ok)
+    INFO("first failure at flat index " << r.worst << ": got " << static_cast<double>(to_compute<T>(got.flat(r.worst)))
+                                        << ", reference " << static_cast<double>(to_compute<U>(ref.flat(r.worst))));
+  CHECK(r.ok);
+  if (verbose()) MESSAGE(what << ": max abs err " << r.max_abs << " (" << std::string(tol.name) << ")");
+}
+
+// Gradient check of f (vector<Var<double>> -> Var<double>) against central differences.
+template <class F>
+void check_grad(F f, const std::vector<Tensor<double>>& inputs, std::vector<bool> wrt = {},
+                const std::string& what = "gradcheck", Tol tol = kTolGrad) {
+  autograd::GradcheckOptions opt;
+  opt.atol = tol.atol;
+  opt.rtol = tol.rtol;
+  const auto rep = autograd::gradcheck(f, inputs, std::move(wrt), opt);
+  INFO(what << ": " << rep.checked << " elements checked, max abs err " << rep.max_abs_err << "; " << rep.worst);
+  CHECK(rep.checked > 0);
+  CHECK(rep.ok);
+}
+
+}  // namespace distill::test
