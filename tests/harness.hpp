@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "distill/autograd.hpp"
 
@@ -99,6 +100,24 @@ void check_grad(F f, const std::vector<Tensor<double>>& inputs, std::vector<bool
   INFO(what << ": " << rep.checked << " elements checked, max abs err " << rep.max_abs_err << "; " << rep.worst);
   CHECK(rep.checked > 0);
   CHECK(rep.ok);
+}
+
+// CHECKs that f() throws E and that the message names every one of `parts` (shapes, ids, values).
+template <class E, class F>
+void check_throws_naming(F&& f, const std::vector<std::string>& parts, const std::string& what) {
+  INFO(what);
+  bool thrown = false;
+  try {
+    f();
+  } catch (const E& e) {
+    thrown = true;
+    const std::string m = e.what();
+    for (const auto& p : parts) {
+      INFO("message '" << m << "' should name '" << p << "'");
+      CHECK(m.find(p) != std::string::npos);
+    }
+  }
+  CHECK(thrown);
 }
 
 }  // namespace distill::test

@@ -1,5 +1,7 @@
 // op:matmul — the Eigen path vs ref:: loops (all transposes, batched, shared weights, bf16),
 // backward vs ref::, gradients vs finite differences, and shape errors.
+#include <sstream>
+
 #include "distill/ops/matmul.hpp"
 #include "harness.hpp"
 
@@ -25,7 +27,9 @@ TEST_CASE("op:matmul") {
           if (batch.rank() == 0 && shared) continue;
           const Shape sa = mk(batch, ta ? K : M, ta ? M : K);
           const Shape sb = shared ? mk({}, tb ? N : K, tb ? K : N) : mk(batch, tb ? N : K, tb ? K : N);
-          const std::string what = "A" + sa.str() + (ta ? "ᵀ" : "") + " · B" + sb.str() + (tb ? "ᵀ" : "");
+          std::ostringstream os;  // (string operator+ chains trip GCC 12's false -Wrestrict)
+          os << "A" << sa << (ta ? "ᵀ" : "") << " · B" << sb << (tb ? "ᵀ" : "");
+          const std::string what = os.str();
           auto a = Tensor<float>::uniform(sa, seed++), b = Tensor<float>::uniform(sb, seed++);
           check_close(cpu::matmul(a, b, ta, tb), ref::matmul(a, b, ta, tb), kTolF32, what);
           auto dc = Tensor<float>::uniform(mk(batch, M, N), seed++);

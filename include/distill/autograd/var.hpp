@@ -222,6 +222,12 @@ class Var {
   std::shared_ptr<node_type> n_;
 };
 
+// Evaluates an element-wise expression into a (recorded) Var; lets coarse ops take expressions.
+template <expr::Expression E>
+Var<typename E::value_type, typename E::device_type> to_var(const E& e) {
+  return Var<typename E::value_type, typename E::device_type>(e);
+}
+
 namespace expr {
 // A Var inside an expression: reads its value, and in the backward pass accumulates into its gradient
 // (when it requires one). Holds the node, so the tape keeps what it saved alive.

@@ -36,4 +36,24 @@ inline void parallel_for(int64_t n, int64_t grain, F&& fn) {
   }
 }
 
+// Like parallel_for, for bodies that run many SMALL Eigen products (attention tiles): Eigen must not
+// open its own OpenMP team per tile. Inside a team of several threads Eigen already stays serial; on
+// the single-chunk path the calling thread's OpenMP thread count is set to 1 while fn runs.
+template <class F>
+inline void parallel_for_tiles(int64_t n, int64_t grain, F&& fn) {
+  const int64_t chunks = std::min<int64_t>(max_threads(), std::max<int64_t>(1, n / std::max<int64_t>(grain, 1)));
+  if (n > 0 && chunks <= 1) {
+#if defined(_OPENMP)
+    struct SerialScope {
+      int prev = omp_get_max_threads();
+      SerialScope() { omp_set_num_threads(1); }
+      ~SerialScope() { omp_set_num_threads(prev); }
+    } serial;
+#endif
+    fn(int64_t{0}, n);
+    return;
+  }
+  parallel_for(n, grain, std::forward<F>(fn));
+}
+
 }  // namespace distill
