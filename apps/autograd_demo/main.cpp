@@ -20,7 +20,7 @@ int main(int argc, char** argv) {
   auto w_up = Var<float>::param(Tensor<float>::uniform({3, hidden}, 3, -1, 1));
   auto w_down = Var<float>::param(Tensor<float>::uniform({hidden, 1}, 4, -0.3, 0.3));
   const Var<float> xs(x), ys(y);
-  const float lr = 0.3f;
+  const float lr = 0.2f;
 
   float first = 0, last = 0;
   for (int step = 0; step <= steps; ++step) {
