@@ -97,7 +97,8 @@ void check_grad(F f, const std::vector<Tensor<double>>& inputs, std::vector<bool
   opt.atol = tol.atol;
   opt.rtol = tol.rtol;
   const auto rep = autograd::gradcheck(f, inputs, std::move(wrt), opt);
-  INFO(what << ": " << rep.checked << " elements checked, max abs err " << rep.max_abs_err << "; " << rep.worst);
+  INFO(what << ": " << rep.checked << " elements checked, max abs err " << rep.max_abs_err << "; "
+            << rep.first_failure);
   CHECK(rep.checked > 0);
   CHECK(rep.ok);
 }

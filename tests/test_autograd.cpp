@@ -157,3 +157,108 @@ TEST_CASE("autograd: the opt-in non-finite check names the op") {
   }
   autograd::set_detect_nonfinite(false);
 }
+
+TEST_CASE("autograd: backward twice, and backward through a retained node, never send a gradient twice") {
+  auto x = Var<double>::param(Tensor<double>::from_vector({1}, {3}));
+  Var<double> y = x * 2.0;
+  y.backward(ones({1}));
+  y.backward(ones({1}));
+  CHECK(x.grad().data()[0] == 4);  // 2 + 2
+  x.zero_grad();
+  Var<double> z = y * 5.0;  // reaches y, which still exists
+  y.backward(ones({1}));
+  z.backward(ones({1}));
+  CHECK(x.grad().data()[0] == 12);  // 2 + 10
+  // A retained intermediate reached by two passes: its own .grad accumulates, nothing is re-sent.
+  auto w = Var<double>::param(Tensor<double>::from_vector({1}, {0.5}));
+  Var<double> b = exp(w);
+  b.retain_grad();
+  Var<double> y1 = b * 2.0;
+  Var<double> y2 = b * 3.0;
+  y1.backward(ones({1}));
+  y2.backward(ones({1}));
+  CHECK(b.grad().data()[0] == 5);
+  CHECK(w.grad().data()[0] == doctest::Approx(5 * std::exp(0.5)));
+}
+
+TEST_CASE("autograd: a pass that throws leaves no half-propagated gradients behind") {
+  auto x = Var<double>::param(Tensor<double>::from_vector({2}, {0.0, 1.0}));
+  Var<double> l = log(x);
+  Var<double> y = l * 2.0;
+  autograd::set_detect_nonfinite(true);
+  CHECK_THROWS_AS(y.backward(ones({2})), Error);
+  autograd::set_detect_nonfinite(false);
+  CHECK_FALSE(l.grad().defined());  // the intermediate's gradient was released
+  x.zero_grad();
+  y.backward(ones({2}));
+  CHECK(x.grad().data()[1] == 2);  // d/dx 2 log x at 1, counted once
+}
+
+TEST_CASE("autograd: undefined tensors and Vars are errors, not crashes") {
+  auto p = Var<float>::param(Tensor<float>::zeros({4}));
+  CHECK_FALSE(p.grad().defined());
+  CHECK_THROWS_AS(eval(p.value() - 0.1f * p.grad()), Error);  // an SGD step on a parameter without gradient
+  Var<double> u;
+  CHECK_THROWS_AS(u.backward(), Error);
+  CHECK_THROWS_AS((void)u.shape(), Error);
+  CHECK_THROWS_AS(Var<float>(Tensor<float>()), Error);
+}
+
+TEST_CASE("autograd: freeing a very long chain does not recurse once per node") {
+  auto x = Var<float>::param(Tensor<float>::from_vector({1}, {1.0f}));
+  {
+    Var<float> y = x;
+    for (int i = 0; i < 1000000; ++i) y = Var<float>(y * 1.0f);
+    CHECK(y.value().data()[0] == 1.0f);
+  }  // the 10^6-node tape is freed here (a recursive release overflowed an 8 MB stack)
+  CHECK(x.is_leaf());
+}
+
+TEST_CASE("autograd: the fused backward on large f32 inputs (parallel and broadcast paths) vs the formula") {
+  const int64_t R = 300, C = 257;
+  auto a = Var<float>::param(Tensor<float>::uniform({R, C}, 1, -3, 3));
+  auto b = Var<float>::param(Tensor<float>::uniform({R, C}, 2));
+  auto bias = Var<float>::param(Tensor<float>::uniform({C}, 3));
+  auto g = Tensor<float>::uniform({R, C}, 4);
+  Var<float> y = silu(a) * b + tanh(a);  // same shapes: flat, parallel path
+  y.backward(g);
+  Var<float> z = silu(a) * bias;  // broadcast leaf: serial path with a double accumulator
+  z.backward(g);
+  auto da = Tensor<double>::zeros({R, C}), db = Tensor<double>::zeros({R, C}), dbias = Tensor<double>::zeros({C});
+  for (int64_t i = 0; i < R; ++i)
+    for (int64_t j = 0; j < C; ++j) {
+      const double av = a.value()(i, j), s = 1 / (1 + std::exp(-av)), silu_v = av * s, dsilu = s * (1 + av * (1 - s));
+      const double gv = g(i, j), t = std::tanh(av);
+      da(i, j) = gv * (dsilu * b.value()(i, j) + 1 - t * t) + gv * dsilu * bias.value()(j);
+      db(i, j) = gv * silu_v;
+      dbias(j) += gv * silu_v;
+    }
+  check_close(a.grad(), da, kTolF32, "da");
+  check_close(b.grad(), db, kTolF32, "db");
+  check_close(bias.grad(), dbias, kTolF32, "dbias (sum over 300 rows)");
+}
+
+TEST_CASE("autograd: broadcast gradients sum without stalling in bf16, f16 and f32") {
+  {
+    auto bias = Var<bf16>::param(Tensor<bf16>::zeros({4}));
+    auto x = Var<bf16>(Tensor<bf16>::zeros({4096, 4}));
+    Var<bf16> y = x + bias;
+    y.backward(Tensor<bf16>::full({4096, 4}, bf16(1.0f)));
+    CHECK(static_cast<float>(bias.grad().data()[0]) == 4096.0f);  // a bf16 running sum stalls at 256
+  }
+  {
+    auto scale = Var<f16>::param(Tensor<f16>::full({4}, f16(1.0f)));
+    auto x = Var<f16>(Tensor<f16>::full({4096, 4}, f16(1.0f)));
+    Var<f16> y = x * scale;
+    y.backward(Tensor<f16>::full({4096, 4}, f16(1.0f)));
+    CHECK(static_cast<float>(scale.grad().data()[3]) == 4096.0f);  // an f16 running sum stalls at 2048
+  }
+  {
+    const int64_t n = (int64_t{1} << 24) + (int64_t{1} << 22);
+    auto s = Var<float>::param(Tensor<float>::zeros({1}));
+    auto x = Var<float>(Tensor<float>::zeros({n}));
+    Var<float> y = x + s;
+    y.backward(Tensor<float>::full({n}, 1.0f));
+    CHECK(s.grad().data()[0] == static_cast<float>(n));  // an f32 running sum stalls at 2^24
+  }
+}

@@ -71,3 +71,18 @@ TEST_CASE("dtype: Tensor::cast rounds each element") {
   auto back = b.cast<float>();
   CHECK(back.data()[2] == doctest::Approx(1.015625));
 }
+
+TEST_CASE("dtype: casting f64 to bf16/f16 rounds once (no double rounding through f32)") {
+  // 1 + 2^-8 + 2^-30 is just above the bf16 tie between 1 and 1 + 2^-7: correct rounding goes up. Via f32
+  // (RNE) it becomes exactly the tie 1 + 2^-8, which then rounds to even (down).
+  const double x = 1.0 + std::ldexp(1.0, -8) + std::ldexp(1.0, -30);
+  auto t = Tensor<double>::from_vector({2}, {x, -x});
+  auto b = t.cast<bf16>();
+  CHECK(static_cast<float>(b.data()[0]) == 1.0078125f);
+  CHECK(static_cast<float>(b.data()[1]) == -1.0078125f);
+  const double y = 1.0 + std::ldexp(1.0, -11) + std::ldexp(1.0, -40);  // the same for f16 (tie at 2^-11)
+  auto h = Tensor<double>::from_vector({1}, {y}).cast<f16>();
+  CHECK(static_cast<float>(h.data()[0]) == 1.0009765625f);
+  CHECK(std::isinf(static_cast<float>(Tensor<double>::from_vector({1}, {1e300}).cast<bf16>().data()[0])));
+  CHECK(std::isnan(static_cast<float>(Tensor<double>::from_vector({1}, {NAN}).cast<f16>().data()[0])));
+}

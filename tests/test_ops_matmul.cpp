@@ -66,4 +66,16 @@ TEST_CASE("op:matmul") {
     CHECK(std::string(e.what()).find("[2, 3]") != std::string::npos);
     CHECK(std::string(e.what()).find("[4, 5]") != std::string::npos);
   }
+  // 16-bit gradients of a shared weight sum over the batch in f32 and round once (a bf16 running sum
+  // stalls at 256).
+  {
+    auto a16 = Tensor<bf16>::full({4096, 1, 1}, bf16(1.0f)), b16 = Tensor<bf16>::full({1, 1}, bf16(1.0f));
+    auto dc16 = Tensor<bf16>::full({4096, 1, 1}, bf16(1.0f));
+    for (bool ta : {false, true}) {
+      auto [da16, db16] = cpu::matmul_backward(a16, b16, dc16, ta, false);
+      CHECK(static_cast<float>(db16.data()[0]) == 4096.0f);
+      auto [rda16, rdb16] = ref::matmul_backward(a16, b16, dc16, ta, false);
+      CHECK(static_cast<float>(rdb16.data()[0]) == 4096.0f);
+    }
+  }
 }

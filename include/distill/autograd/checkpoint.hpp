@@ -1,7 +1,9 @@
 // Activation checkpointing: run `fn` without recording, keep only its output, and recompute it with
 // recording during backward. Gradients equal those of running without checkpointing.
 // Contract: every non-leaf Var that `fn` reads must be passed as an argument (trainable leaves such as
-// weights may be captured); the recompute must be deterministic.
+// weights may be captured); the recompute must be deterministic. `fn` is stored and called AGAIN
+// during backward(), possibly after the scope that created it has returned: capture by value (Vars
+// and small configs are cheap to copy), never references to locals that may be gone by then.
 #pragma once
 #include <tuple>
 

@@ -22,7 +22,7 @@ struct GradcheckReport {
   bool ok = true;
   double max_abs_err = 0;
   double max_rel_err = 0;
-  std::string worst;  // "input i, element k: analytic a vs numeric n"
+  std::string first_failure;  // "input i, element k: analytic a vs numeric n"
   int64_t checked = 0;
 };
 
@@ -32,6 +32,7 @@ template <class F>
 GradcheckReport gradcheck(F f, const std::vector<Tensor<double>>& inputs, std::vector<bool> wrt = {},
                           GradcheckOptions opt = {}) {
   if (wrt.empty()) wrt.assign(inputs.size(), true);
+  DISTILL_CHECK(wrt.size() == inputs.size(), "gradcheck: ", wrt.size(), " wrt flags for ", inputs.size(), " inputs");
   std::vector<Var<double>> vars;
   for (size_t i = 0; i < inputs.size(); ++i) vars.emplace_back(inputs[i].clone(), static_cast<bool>(wrt[i]));
   Var<double> out = f(vars);
@@ -69,7 +70,7 @@ GradcheckReport gradcheck(F f, const std::vector<Tensor<double>>& inputs, std::v
         std::ostringstream os;
         os << "input " << i << " " << x.shape().str() << ", element " << k << ": analytic " << ana << " vs numeric "
            << num;
-        rep.worst = os.str();
+        rep.first_failure = os.str();
       }
     }
   }

@@ -23,6 +23,14 @@
 
 namespace distill::autograd {
 
+// dst += src (same shape; dst contiguous). The one accumulation primitive backward functions use.
+template <class T, class D>
+void accumulate(const Tensor<T, D>& dst, const Tensor<T, D>& src) {
+  static_assert(std::is_same_v<D, Cpu>, "device accumulation comes with the CUDA backend");
+  check_same_shape(dst.shape(), src.shape(), "accumulate");
+  expr::assign(dst, expr::make_node(dst) + expr::make_node(src));
+}
+
 inline uint64_t next_seq() {
   static std::atomic<uint64_t> counter{0};
   return ++counter;
@@ -36,11 +44,29 @@ struct Node {
   std::vector<std::shared_ptr<Node>> parents;
   std::function<void(Node&)> backward_fn;
 
-  virtual ~Node() = default;
+  // Frees long chains iteratively: releasing a 10^6-node graph recursively would overflow the stack.
+  // Parents are held both in `parents` and inside backward closures; dropping the closure while the
+  // work list still holds the parents keeps every destructor shallow.
+  virtual ~Node() {
+    std::vector<std::shared_ptr<Node>> work = std::move(parents);
+    backward_fn = nullptr;
+    while (!work.empty()) {
+      std::shared_ptr<Node> p = std::move(work.back());
+      work.pop_back();
+      if (p.use_count() == 1) {
+        for (auto& q : p->parents) work.push_back(std::move(q));
+        p->parents.clear();
+        p->backward_fn = nullptr;
+      }
+    }
+  }
   bool is_leaf() const { return !backward_fn; }
   virtual bool has_grad() const = 0;
   virtual bool grad_all_finite() const = 0;
   virtual void release_grad() = 0;
+  // Moves the gradient out (type-erased) / adds a moved-out gradient back.
+  virtual std::shared_ptr<void> stash_grad() = 0;
+  virtual void restore_grad(const std::shared_ptr<void>& g) = 0;
   virtual std::string describe() const = 0;
 };
 
@@ -69,13 +95,29 @@ struct TypedNode final : Node {
     }
   }
   void release_grad() override { grad = Tensor<T, D>(); }
+  std::shared_ptr<void> stash_grad() override {
+    auto p = std::make_shared<Tensor<T, D>>(std::move(grad));
+    grad = Tensor<T, D>();
+    return p;
+  }
+  void restore_grad(const std::shared_ptr<void>& p) override {
+    const auto& g = *static_cast<const Tensor<T, D>*>(p.get());
+    if (grad.defined())
+      accumulate(grad, g);
+    else
+      grad = g;
+  }
   std::string describe() const override {
     return std::string(dtype_name_v<T>) + value.shape().str() + " on " + D::name;
   }
 };
 
-// Runs the backward pass from `root`, whose gradient buffer must already hold the seed.
-inline void run_backward(const std::shared_ptr<Node>& root) {
+// Runs one backward pass from `root`: `seed(root)` writes the upstream gradient into root's (empty)
+// gradient buffer, then every reachable node's backward runs, newest first. Each pass propagates only
+// its own gradient: a non-leaf node still holding a gradient from an earlier pass (retain_grad) has it
+// set aside first and added back afterwards, so nothing is sent down twice. Non-leaf gradients are
+// released at the end of the pass (also when it throws) unless retained; leaf gradients accumulate.
+inline void run_backward(const std::shared_ptr<Node>& root, const std::function<void(Node&)>& seed) {
   std::vector<Node*> order;
   std::unordered_set<Node*> seen;
   std::vector<Node*> stack{root.get()};
@@ -88,32 +130,37 @@ inline void run_backward(const std::shared_ptr<Node>& root) {
       if (p->requires_grad) stack.push_back(p.get());
   }
   std::sort(order.begin(), order.end(), [](Node* a, Node* b) { return a->seq > b->seq; });
-  for (Node* n : order) {
-    if (n->is_leaf() || !n->has_grad()) continue;
-    n->backward_fn(*n);
-    if (detect_nonfinite()) {
-      for (auto& p : n->parents)
-        if (p->requires_grad && p->has_grad() && !p->grad_all_finite())
-          throw Error(std::string("non-finite gradient (NaN or Inf) produced by the backward of '") + n->op +
-                      "' for its input " + p->describe());
+  std::vector<std::pair<Node*, std::shared_ptr<void>>> stashed;
+  for (Node* n : order)
+    if (!n->is_leaf() && n->has_grad()) stashed.emplace_back(n, n->stash_grad());
+  auto finish = [&] {
+    for (Node* n : order)
+      if (!n->is_leaf() && !n->retain) n->release_grad();
+    for (auto& [n, g] : stashed) n->restore_grad(g);
+  };
+  try {
+    seed(*root);
+    for (Node* n : order) {
+      if (n->is_leaf() || !n->has_grad()) continue;
+      n->backward_fn(*n);
+      if (detect_nonfinite()) {
+        for (auto& p : n->parents)
+          if (p->requires_grad && p->has_grad() && !p->grad_all_finite())
+            throw Error(std::string("non-finite gradient (NaN or Inf) produced by the backward of '") + n->op +
+                        "' for its input " + p->describe());
+      }
+      if (!n->retain) n->release_grad();  // consumed
     }
-    if (n != root.get() && !n->retain) n->release_grad();
+  } catch (...) {
+    finish();
+    throw;
   }
+  finish();
 }
 
 }  // namespace distill::autograd
 
 namespace distill {
-
-namespace autograd {
-// dst += src (same shape; dst contiguous). The one accumulation primitive backward functions use.
-template <class T, class D>
-void accumulate(const Tensor<T, D>& dst, const Tensor<T, D>& src) {
-  static_assert(std::is_same_v<D, Cpu>, "device accumulation comes with the CUDA backend");
-  check_same_shape(dst.shape(), src.shape(), "accumulate");
-  expr::assign(dst, expr::make_node(dst) + expr::make_node(src));
-}
-}  // namespace autograd
 
 template <class T, class D = Cpu>
 class Var {
@@ -127,6 +174,7 @@ class Var {
   Var() = default;
   // A leaf. Its value is made contiguous (views are copied).
   explicit Var(const Tensor<T, D>& value, bool requires_grad = false) : n_(std::make_shared<node_type>()) {
+    DISTILL_CHECK(value.defined(), "a Var needs a defined tensor (got an empty Tensor())");
     n_->value = value.contiguous();
     n_->requires_grad = requires_grad;
   }
@@ -166,31 +214,31 @@ class Var {
   }
 
   bool defined() const { return n_ != nullptr; }
-  const Tensor<T, D>& value() const { return n_->value; }
-  const Shape& shape() const { return n_->value.shape(); }
-  int64_t dim(int i) const { return n_->value.dim(i); }
-  int64_t numel() const { return n_->value.numel(); }
-  bool requires_grad() const { return n_->requires_grad; }
-  bool is_leaf() const { return n_->is_leaf(); }
-  const char* op() const { return n_->op; }
+  const Tensor<T, D>& value() const { return nd().value; }
+  const Shape& shape() const { return nd().value.shape(); }
+  int64_t dim(int i) const { return nd().value.dim(i); }
+  int64_t numel() const { return nd().value.numel(); }
+  bool requires_grad() const { return nd().requires_grad; }
+  bool is_leaf() const { return nd().is_leaf(); }
+  const char* op() const { return nd().op; }
   // Gradient (undefined until some backward() reached this Var).
-  const Tensor<T, D>& grad() const { return n_->grad; }
+  const Tensor<T, D>& grad() const { return nd().grad; }
   // The gradient buffer (zeros on first use); backward functions accumulate into it.
-  Tensor<T, D>& grad_buffer() const { return n_->grad_buffer(); }
-  void zero_grad() const { n_->release_grad(); }
-  void retain_grad() const { n_->retain = true; }
+  Tensor<T, D>& grad_buffer() const { return nd().grad_buffer(); }
+  void zero_grad() const { nd().release_grad(); }
+  void retain_grad() const { nd().retain = true; }
 
   // Frozen leaves never receive gradients or optimizer state.
   void freeze() const {
     DISTILL_CHECK(is_leaf(), "only leaves can be frozen; use a no-grad scope for computed values");
-    n_->requires_grad = false;
+    nd().requires_grad = false;
   }
   void unfreeze() const {
     DISTILL_CHECK(is_leaf(), "only leaves can be made trainable");
-    n_->requires_grad = true;
+    nd().requires_grad = true;
   }
   // A new leaf sharing this value, cut from the tape.
-  Var detach() const { return Var(n_->value, false); }
+  Var detach() const { return Var(nd().value, false); }
 
   // Backward from a scalar (one-element) Var, seeding d(self)/d(self) = 1.
   void backward() const {
@@ -205,20 +253,17 @@ class Var {
     DISTILL_CHECK(requires_grad(),
                   "backward() on a Var that does not require grad (no trainable input, a frozen "
                   "leaf, or created under NoGradGuard)");
-    auto& g = grad_buffer();
-    Tensor<T, D> s = seed.contiguous();
-    if constexpr (std::is_same_v<D, Cpu>) {
-      for (int64_t i = 0; i < g.numel(); ++i)
-        g.data()[i] = from_compute<T>(to_compute<T>(g.data()[i]) + to_compute<T>(s.data()[i]));
-    } else {
-      static_assert(std::is_same_v<D, Cpu>, "device backward seeding comes with the CUDA backend");
-    }
-    autograd::run_backward(n_);
+    static_assert(std::is_same_v<D, Cpu>, "device backward seeding comes with the CUDA backend");
+    autograd::run_backward(n_, [&](autograd::Node&) { autograd::accumulate(n_->grad_buffer(), seed.contiguous()); });
   }
 
   const std::shared_ptr<node_type>& node() const { return n_; }
 
  private:
+  node_type& nd() const {
+    DISTILL_CHECK(n_ != nullptr, "use of an undefined (default-constructed) Var");
+    return *n_;
+  }
   std::shared_ptr<node_type> n_;
 };
 
@@ -238,28 +283,54 @@ struct VarLeaf : StridedLeaf<T, D> {
   std::shared_ptr<autograd::TypedNode<T, D>> node;
   T* gbase = nullptr;
   T* grow = nullptr;
+  // Broadcast leaves accumulate in double (see expr::backward_pass).
+  std::shared_ptr<std::vector<double>> scratch;
+  double* sbase = nullptr;
+  double* srow = nullptr;
 
   explicit VarLeaf(const Var<T, D>& v) : Base(v.value()), node(v.node()) {}
   bool any_requires_grad() const { return node->requires_grad; }
   void collect_nodes(std::vector<std::shared_ptr<autograd::Node>>& out) const {
     if (node->requires_grad) out.push_back(node);
   }
-  void prepare_grads() { gbase = node->requires_grad ? node->grad_buffer().data() : nullptr; }
+  void prepare_grads(const Shape& out) {
+    gbase = node->requires_grad ? node->grad_buffer().data() : nullptr;
+    if (!gbase) return;
+    Base::bind(out);  // computes bcast for this output shape
+    if (this->bcast) {
+      scratch = std::make_shared<std::vector<double>>(static_cast<size_t>(node->value.numel()), 0.0);
+      sbase = scratch->data();
+    }
+  }
+  void finish_grads() {
+    if (!scratch) return;
+    for (size_t i = 0; i < scratch->size(); ++i)
+      gbase[i] = from_compute<T>(static_cast<C>(static_cast<double>(to_compute<T>(gbase[i])) + (*scratch)[i]));
+    scratch.reset();
+    sbase = srow = nullptr;
+  }
   bool grad_broadcast() const { return gbase && this->bcast; }
   void bind_flat() {
     Base::bind_flat();
     grow = gbase;
+    srow = sbase;
   }
   void bind(const Shape& out) {
     Base::bind(out);
     grow = gbase;
+    srow = sbase;
   }
   void seek(const int64_t* idx, int R) {
     Base::seek(idx, R);
     grow = gbase ? gbase + (this->row - this->base) : nullptr;  // value and grad share contiguous layout
+    srow = sbase ? sbase + (this->row - this->base) : nullptr;
   }
   template <bool U>
   DISTILL_FORCEINLINE void bwd(int64_t j, C, C g) const {
+    if (srow) {
+      srow[U ? j : j * this->step] += static_cast<double>(g);
+      return;
+    }
     if (!grow) return;
     T& dst = U ? grow[j] : grow[j * this->step];
     dst = from_compute<T>(to_compute<T>(dst) + g);

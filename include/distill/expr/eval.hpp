@@ -58,7 +58,8 @@ void for_each_row(const E& e0, const Shape& shape, bool serial, Body&& body) {
 // adds to its users' flags (results are unchanged; only FP exception flags are not honoured).
 template <bool Unit, class E, class T>
 void assign_range(const E& x, T* o, int64_t b, int64_t end, int64_t base) {
-  // Same-index reads and writes only, so simd is safe even when `out` is also an operand.
+  // Same-index reads and writes only (assign rejects operands that overlap `out` as another view), so
+  // simd is safe even when `out` itself is an operand.
 #pragma omp simd
   for (int64_t j = b; j < end; ++j) o[j] = from_compute<T>(x.template value<Unit>(j - base));
 }
@@ -79,6 +80,9 @@ void assign(const Tensor<T, D>& out, const E& e) {
                 "evaluating an expression on Cuda needs the CUDA backend's generated kernel (distill::kernels)");
   check_same_shape(out.shape(), e.out_shape(), "assign");
   DISTILL_CHECK(out.is_contiguous(), "assign: the destination must be contiguous");
+  DISTILL_CHECK(!e.overlaps_other_view(out),
+                "assign: the destination overlaps an operand that is a different view of the same memory (a slice, "
+                "transpose or broadcast of it); evaluate into a new tensor with eval() first");
   T* o = out.data();
   detail::for_each_row(e, out.shape(), false, [&](const E& x, int64_t b, int64_t end, bool unit, int64_t base) {
     if (unit)
@@ -90,14 +94,15 @@ void assign(const Tensor<T, D>& out, const E& e) {
 
 // Fused backward: for every element, recompute the forward tree once (keeping intermediates) and push
 // g_out down to every leaf that wants a gradient. Leaves accumulate (+=) into their gradient buffers.
-// When a differentiated leaf is broadcast, several outputs hit one gradient element, so the pass runs
-// serially to stay race-free and deterministic.
+// When a differentiated leaf is broadcast, several outputs hit one gradient element: the pass then runs
+// serially (race-free, deterministic) and such leaves sum into a double scratch buffer that is rounded
+// into their gradient once at the end (summing thousands of terms in bf16, or 2^24 in f32, stalls).
 template <class E, class T, class D>
 void backward_pass(E e, const Tensor<T, D>& g_out) {
   static_assert(std::is_same_v<D, Cpu>, "the CUDA backward pass comes from distill::kernels");
-  e.prepare_grads();
   const Shape shape = e.out_shape();
   check_same_shape(shape, g_out.shape(), "backward");
+  e.prepare_grads(shape);
   const T* g = g_out.data();
   E probe = e;
   probe.bind(shape);
@@ -108,6 +113,7 @@ void backward_pass(E e, const Tensor<T, D>& g_out) {
     else
       detail::backward_range<false>(x, g, b, end, base);
   });
+  e.finish_grads();
 }
 
 }  // namespace distill::expr

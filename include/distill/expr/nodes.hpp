@@ -50,7 +50,11 @@ struct StridedLeaf {
   int64_t step = 1;
 
   StridedLeaf() = default;
-  explicit StridedLeaf(const Tensor<T, D>& t) : base(t.data()), shape(t.shape()), strides(t.strides()) {}
+  explicit StridedLeaf(const Tensor<T, D>& t) : base(t.data()), shape(t.shape()), strides(t.strides()) {
+    DISTILL_CHECK(t.defined(),
+                  "an element-wise expression operand is an undefined Tensor (for example the grad() of a Var that "
+                  "received no gradient)");
+  }
 
   Shape out_shape() const { return shape; }
   bool flat_ok(const Shape& out) const {
@@ -89,6 +93,25 @@ struct StridedLeaf {
   }
   bool all_unit() const { return step == 1; }
   bool grad_broadcast() const { return false; }
+  // True when this operand shares memory with `out` as a different view (a shifted slice, a transpose,
+  // a broadcast row): writing out while reading it would read already-written values.
+  template <class Out>
+  bool overlaps_other_view(const Out& out) const {
+    if constexpr (!std::is_same_v<typename Out::value_type, T>) {
+      return false;
+    } else {
+      if (shape.numel() == 0 || out.numel() == 0) return false;
+      auto last = [](const Shape& sh, const Shape& st) {
+        int64_t off = 0;
+        for (int i = 0; i < sh.rank(); ++i) off += (sh[i] - 1) * st[i];
+        return off;
+      };
+      const T *lo = base, *hi = base + last(shape, strides);
+      const T *olo = out.data(), *ohi = olo + last(out.shape(), out.strides());
+      if (hi < olo || ohi < lo) return false;
+      return !(base == olo && shape == out.shape() && strides == out.strides());
+    }
+  }
   template <bool U>
   DISTILL_FORCEINLINE C value(int64_t j) const {
     return to_compute<T>(U ? row[j] : row[j * step]);
@@ -102,7 +125,8 @@ struct StridedLeaf {
   DISTILL_FORCEINLINE void bwd(int64_t, Cache, C) const {}
   bool any_requires_grad() const { return false; }
   void collect_nodes(std::vector<std::shared_ptr<autograd::Node>>&) const {}
-  void prepare_grads() {}
+  void prepare_grads(const Shape&) {}
+  void finish_grads() {}
 };
 
 // A constant tensor (no gradient).
@@ -130,6 +154,10 @@ struct Scalar {
   void seek(const int64_t*, int) {}
   bool all_unit() const { return true; }
   bool grad_broadcast() const { return false; }
+  template <class Out>
+  bool overlaps_other_view(const Out&) const {
+    return false;
+  }
   template <bool U>
   DISTILL_FORCEINLINE C value(int64_t) const {
     return v;
@@ -143,7 +171,8 @@ struct Scalar {
   DISTILL_FORCEINLINE void bwd(int64_t, Cache, C) const {}
   bool any_requires_grad() const { return false; }
   void collect_nodes(std::vector<std::shared_ptr<autograd::Node>>&) const {}
-  void prepare_grads() {}
+  void prepare_grads(const Shape&) {}
+  void finish_grads() {}
 };
 
 template <class Op, class E>
@@ -166,6 +195,10 @@ struct Unary {
   void bind(const Shape& out) { e.bind(out); }
   void seek(const int64_t* idx, int R) { e.seek(idx, R); }
   bool all_unit() const { return e.all_unit(); }
+  template <class Out>
+  bool overlaps_other_view(const Out& out) const {
+    return e.overlaps_other_view(out);
+  }
   bool grad_broadcast() const { return e.grad_broadcast(); }
   template <bool U>
   DISTILL_FORCEINLINE C value(int64_t j) const {
@@ -183,7 +216,8 @@ struct Unary {
   }
   bool any_requires_grad() const { return e.any_requires_grad(); }
   void collect_nodes(std::vector<std::shared_ptr<autograd::Node>>& v) const { e.collect_nodes(v); }
-  void prepare_grads() { e.prepare_grads(); }
+  void prepare_grads(const Shape& out) { e.prepare_grads(out); }
+  void finish_grads() { e.finish_grads(); }
 };
 
 template <class Op, class L, class R>
@@ -223,6 +257,10 @@ struct Binary {
     r.seek(idx, Rk);
   }
   bool all_unit() const { return l.all_unit() && r.all_unit(); }
+  template <class Out>
+  bool overlaps_other_view(const Out& out) const {
+    return l.overlaps_other_view(out) || r.overlaps_other_view(out);
+  }
   bool grad_broadcast() const { return l.grad_broadcast() || r.grad_broadcast(); }
   template <bool U>
   DISTILL_FORCEINLINE C value(int64_t j) const {
@@ -246,9 +284,13 @@ struct Binary {
     l.collect_nodes(v);
     r.collect_nodes(v);
   }
-  void prepare_grads() {
-    l.prepare_grads();
-    r.prepare_grads();
+  void prepare_grads(const Shape& out) {
+    l.prepare_grads(out);
+    r.prepare_grads(out);
+  }
+  void finish_grads() {
+    l.finish_grads();
+    r.finish_grads();
   }
 };
 

@@ -78,19 +78,22 @@ struct Silu {
   }
 };
 // gelu with the tanh approximation (PyTorch approximate="tanh", Gemma3's gelu_pytorch_tanh):
-// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+// 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3). Evaluated as x * sigmoid(2u), the same
+// function without the cancellation of 1 + tanh(u) for negative x (and without a tanh).
 struct GeluTanh {
   static constexpr const char* name = "gelu_tanh";
   template <class C>
   DISTILL_FORCEINLINE static C f(C x) {
     const C k = C(0.7978845608028654);
-    return C(0.5) * x * (C(1) + math::tanh(k * (x + C(0.044715) * x * x * x)));
+    const C u = k * (x + C(0.044715) * x * x * x);
+    return x / (C(1) + math::exp(C(-2) * u));
   }
   template <class C>
   DISTILL_FORCEINLINE static C df(C x, C) {
     const C k = C(0.7978845608028654);
-    const C t = math::tanh(k * (x + C(0.044715) * x * x * x));
-    return C(0.5) * (C(1) + t) + C(0.5) * x * (C(1) - t * t) * k * (C(1) + C(3 * 0.044715) * x * x);
+    const C u = k * (x + C(0.044715) * x * x * x);
+    const C s = C(1) / (C(1) + math::exp(C(-2) * u));
+    return s + x * s * (C(1) - s) * C(2) * k * (C(1) + C(3 * 0.044715) * x * x);
   }
 };
 struct Rsqrt {

@@ -176,15 +176,20 @@ std::pair<Tensor<T>, Tensor<T>> matmul_backward(const Tensor<T>& a, const Tensor
         else  // dB[K,N] = Aᵀ[K,R] · dC[R,N]
           detail::gemm_block(ac.data(), true, gc.data(), false, db.data(), d.K, d.N, R, false);
       } else {
-        db.zero_();
+        // Sum the per-batch products in the compute type (f32 for 16-bit inputs) and round once.
+        using C = compute_t<T>;
+        const Tensor<C> ac32 = ac.template cast<C>(), gc32 = gc.template cast<C>();
+        auto acc = Tensor<C>::zeros(b.shape());
         for (int64_t p = 0; p < d.batch; ++p) {
-          const T* ap = ac.data() + p * d.M * d.K;  // [K, M]
-          const T* gp = gc.data() + p * d.M * d.N;  // [M, N]
-          if (trans_b)                              // dB[N,K] = dCᵀ · op(A) = dCᵀ[N,M] · Aᵀ[M,K]
-            detail::gemm_block(gp, true, ap, true, db.data(), d.N, d.K, d.M, true);
-          else  // dB[K,N] = op(A)ᵀ · dC = A[K,M] · dC[M,N]
-            detail::gemm_block(ap, false, gp, false, db.data(), d.K, d.N, d.M, true);
+          const C* ap = ac32.data() + p * d.M * d.K;  // [K, M]
+          const C* gp = gc32.data() + p * d.M * d.N;  // [M, N]
+          if (trans_b) {                              // dB[N,K] = dCᵀ · op(A) = dCᵀ[N,M] · Aᵀ[M,K]
+            detail::gemm_block(gp, true, ap, true, acc.data(), d.N, d.K, d.M, true);
+          } else {  // dB[K,N] = op(A)ᵀ · dC = A[K,M] · dC[M,N]
+            detail::gemm_block(ap, false, gp, false, acc.data(), d.K, d.N, d.M, true);
+          }
         }
+        db = acc.template cast<T>();
       }
     }
   }
@@ -210,17 +215,25 @@ std::pair<Tensor<T>, Tensor<T>> matmul_backward(const Tensor<T>& a, const Tensor
       std::copy_n(r.data(), r.numel(), da.data() + p * d.K * d.M);
     }
   }
-  Tensor<T> db = Tensor<T>::zeros(b.shape());
-  const auto ac = a.contiguous().reshape({d.batch, a.dim(-2), a.dim(-1)});
-  const auto gc = dc.contiguous().reshape({d.batch, d.M, d.N});
-  for (int64_t p = 0; p < d.batch; ++p) {
-    auto ap = ac.slice(0, p, p + 1).reshape({a.dim(-2), a.dim(-1)});
-    auto gp = gc.slice(0, p, p + 1).reshape({d.M, d.N});
-    auto r = trans_b ? matmul(gp, ap, true, trans_a) : matmul(ap, gp, !trans_a, false);
-    T* dst = db.data() + (d.b_shared ? 0 : p * r.numel());
-    for (int64_t i = 0; i < r.numel(); ++i)
-      dst[i] = from_compute<T>(to_compute<T>(dst[i]) + to_compute<T>(r.data()[i]));
-  }
+  // dop(B) = op(A)ᵀ · dC per batch, summed over the batch when B is shared: one double accumulator per
+  // element, rounded once.
+  const Tensor<T> ac = a.contiguous(), gc = dc.contiguous();
+  const int64_t bs = d.K * d.N;
+  std::vector<double> acc(static_cast<size_t>(d.b_shared ? bs : d.batch * bs), 0.0);
+  for (int64_t p = 0; p < d.batch; ++p)
+    for (int64_t k = 0; k < d.K; ++k)
+      for (int64_t n = 0; n < d.N; ++n) {
+        double sum = 0;
+        for (int64_t m = 0; m < d.M; ++m) {
+          const T av = trans_a ? ac.data()[p * d.M * d.K + k * d.M + m] : ac.data()[p * d.M * d.K + m * d.K + k];
+          const T gv = gc.data()[p * d.M * d.N + m * d.N + n];
+          sum += static_cast<double>(to_compute<T>(av)) * static_cast<double>(to_compute<T>(gv));
+        }
+        acc[static_cast<size_t>((d.b_shared ? 0 : p * bs) + (trans_b ? n * d.K + k : k * d.N + n))] += sum;
+      }
+  Tensor<T> db = Tensor<T>::empty(b.shape());
+  for (int64_t i = 0; i < db.numel(); ++i)
+    db.data()[i] = from_compute<T>(static_cast<compute_t<T>>(acc[static_cast<size_t>(i)]));
   return {da, db};
 }
 }  // namespace ref

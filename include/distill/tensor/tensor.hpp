@@ -3,6 +3,7 @@
 // and `clone()` copy. Element access and fills are host-only (Cpu).
 #pragma once
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -13,6 +14,22 @@
 #include "distill/tensor/storage.hpp"
 
 namespace distill {
+
+namespace detail {
+// double -> float rounding to odd (truncate, then set the last bit if anything was dropped). A following
+// float -> bf16/f16 round-to-nearest-even then gives the correctly rounded double -> 16-bit result,
+// which double -> float (RNE) -> 16-bit (RNE) does not (double rounding).
+inline float f64_to_f32_round_to_odd(double x) {
+  float f = static_cast<float>(x);
+  if (!std::isfinite(x) || static_cast<double>(f) == x) return f;
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  if (std::abs(static_cast<double>(f)) > std::abs(x)) --b;  // rounded away from zero: step back (truncate)
+  b |= 1u;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+}  // namespace detail
 
 template <class T, class D = Cpu>
 class Tensor {
@@ -186,8 +203,12 @@ class Tensor {
   Tensor<U, D> cast() const {
     static_assert(std::is_same_v<D, Cpu>, "cast() runs on the host here; the CUDA backend adds a device cast");
     auto out = Tensor<U, D>::empty(shape_);
-    for (int64_t i = 0; i < numel(); ++i)
-      out.data()[i] = static_cast<U>(static_cast<compute_t<U>>(to_compute<T>(flat(i))));
+    for (int64_t i = 0; i < numel(); ++i) {
+      if constexpr (std::is_same_v<T, double> && (std::is_same_v<U, bf16> || std::is_same_v<U, f16>))
+        out.data()[i] = static_cast<U>(detail::f64_to_f32_round_to_odd(flat(i)));  // then RNE: exact
+      else
+        out.data()[i] = static_cast<U>(static_cast<compute_t<U>>(to_compute<T>(flat(i))));
+    }
     return out;
   }
   std::vector<T> to_vector() const {
