@@ -325,11 +325,13 @@ struct VarLeaf : StridedLeaf<T, D> {
     grow = gbase ? gbase + (this->row - this->base) : nullptr;  // value and grad share contiguous layout
     srow = sbase ? sbase + (this->row - this->base) : nullptr;
   }
-  template <bool U>
+  template <bool U, bool S = false>
   DISTILL_FORCEINLINE void bwd(int64_t j, C, C g) const {
-    if (srow) {
-      srow[U ? j : j * this->step] += static_cast<double>(g);
-      return;
+    if constexpr (S) {  // only the serial broadcast pass has scratch buffers; the hot path stays branch-light
+      if (srow) {
+        srow[U ? j : j * this->step] += static_cast<double>(g);
+        return;
+      }
     }
     if (!grow) return;
     T& dst = U ? grow[j] : grow[j * this->step];

@@ -64,11 +64,11 @@ void assign_range(const E& x, T* o, int64_t b, int64_t end, int64_t base) {
   for (int64_t j = b; j < end; ++j) o[j] = from_compute<T>(x.template value<Unit>(j - base));
 }
 
-template <bool Unit, class E, class T>
+template <bool Unit, bool Scratch, class E, class T>
 void backward_range(const E& x, const T* g, int64_t b, int64_t end, int64_t base) {
   for (int64_t j = b; j < end; ++j) {
     const auto c = x.template fwd<Unit>(j - base);
-    x.template bwd<Unit>(j - base, c, to_compute<T>(g[j]));
+    x.template bwd<Unit, Scratch>(j - base, c, to_compute<T>(g[j]));
   }
 }
 }  // namespace detail
@@ -108,10 +108,17 @@ void backward_pass(E e, const Tensor<T, D>& g_out) {
   probe.bind(shape);
   const bool serial = probe.grad_broadcast();
   detail::for_each_row(e, shape, serial, [&](const E& x, int64_t b, int64_t end, bool unit, int64_t base) {
-    if (unit)
-      detail::backward_range<true>(x, g, b, end, base);
-    else
-      detail::backward_range<false>(x, g, b, end, base);
+    if (serial) {
+      if (unit)
+        detail::backward_range<true, true>(x, g, b, end, base);
+      else
+        detail::backward_range<false, true>(x, g, b, end, base);
+    } else {
+      if (unit)
+        detail::backward_range<true, false>(x, g, b, end, base);
+      else
+        detail::backward_range<false, false>(x, g, b, end, base);
+    }
   });
   e.finish_grads();
 }

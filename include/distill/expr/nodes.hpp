@@ -6,7 +6,8 @@
 //   seek(idx)                point every leaf at the row with outer multi-index idx
 //   value<Unit>(j)           the node's value at column j (Unit: every leaf has stride 1 there)
 //   fwd<Unit>(j) -> Cache    the value plus every intermediate value, for the backward pass
-//   bwd<Unit>(j, cache, g)   push the upstream gradient g down to the leaves (accumulate)
+//   bwd<Unit, S>(j, cache, g) push the upstream gradient g down to the leaves (accumulate); S: some
+//                            leaf is broadcast and sums into a scratch buffer (the serial pass)
 // Binary nodes broadcast with NumPy rules; a shape mismatch throws ShapeError naming both shapes.
 #pragma once
 #include <concepts>
@@ -121,7 +122,7 @@ struct StridedLeaf {
     return value<U>(j);
   }
   DISTILL_FORCEINLINE static C out(Cache c) { return c; }
-  template <bool U>
+  template <bool U, bool S = false>
   DISTILL_FORCEINLINE void bwd(int64_t, Cache, C) const {}
   bool any_requires_grad() const { return false; }
   void collect_nodes(std::vector<std::shared_ptr<autograd::Node>>&) const {}
@@ -167,7 +168,7 @@ struct Scalar {
     return v;
   }
   DISTILL_FORCEINLINE static C out(Cache c) { return c; }
-  template <bool U>
+  template <bool U, bool S = false>
   DISTILL_FORCEINLINE void bwd(int64_t, Cache, C) const {}
   bool any_requires_grad() const { return false; }
   void collect_nodes(std::vector<std::shared_ptr<autograd::Node>>&) const {}
@@ -210,9 +211,9 @@ struct Unary {
     return Cache{c, Op::f(E::out(c))};
   }
   DISTILL_FORCEINLINE static C out(const Cache& c) { return c.y; }
-  template <bool U>
+  template <bool U, bool S = false>
   DISTILL_FORCEINLINE void bwd(int64_t j, const Cache& c, C g) const {
-    e.template bwd<U>(j, c.c, g * Op::df(E::out(c.c), c.y));
+    e.template bwd<U, S>(j, c.c, g * Op::df(E::out(c.c), c.y));
   }
   bool any_requires_grad() const { return e.any_requires_grad(); }
   void collect_nodes(std::vector<std::shared_ptr<autograd::Node>>& v) const { e.collect_nodes(v); }
@@ -273,11 +274,11 @@ struct Binary {
     return Cache{a, b, Op::f(L::out(a), R::out(b))};
   }
   DISTILL_FORCEINLINE static C out(const Cache& c) { return c.y; }
-  template <bool U>
+  template <bool U, bool S = false>
   DISTILL_FORCEINLINE void bwd(int64_t j, const Cache& c, C g) const {
     const C a = L::out(c.a), b = R::out(c.b);
-    l.template bwd<U>(j, c.a, g * Op::da(a, b, c.y));
-    r.template bwd<U>(j, c.b, g * Op::db(a, b, c.y));
+    l.template bwd<U, S>(j, c.a, g * Op::da(a, b, c.y));
+    r.template bwd<U, S>(j, c.b, g * Op::db(a, b, c.y));
   }
   bool any_requires_grad() const { return l.any_requires_grad() || r.any_requires_grad(); }
   void collect_nodes(std::vector<std::shared_ptr<autograd::Node>>& v) const {
