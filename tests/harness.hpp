@@ -103,6 +103,40 @@ void check_grad(F f, const std::vector<Tensor<double>>& inputs, std::vector<bool
   CHECK(rep.ok);
 }
 
+// a + b by plain loops in double (the expected result of an accumulating backward).
+template <class T>
+Tensor<T> plus(const Tensor<T>& a, const Tensor<T>& b) {
+  auto out = Tensor<T>::empty(a.shape());
+  for (int64_t i = 0; i < a.numel(); ++i)
+    out.flat(i) = static_cast<T>(static_cast<double>(a.flat(i)) + static_cast<double>(b.flat(i)));
+  return out;
+}
+
+// Runs fn and returns the message of the E it must throw (a failed CHECK when it does not).
+template <class E, class F>
+std::string error_of(F fn) {
+  try {
+    fn();
+  } catch (const E& e) {
+    return e.what();
+  }
+  FAIL("expected an exception");
+  return "";
+}
+template <class F>
+std::string shape_error_of(F fn) {
+  return error_of<ShapeError>(fn);
+}
+
+inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+// Number of elements whose bf16 bit patterns differ.
+inline int64_t bit_mismatches(const Tensor<bf16>& a, const Tensor<bf16>& b) {
+  int64_t n = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) n += bits_of(a.flat(i)) != bits_of(b.flat(i));
+  return n;
+}
+
 // CHECKs that f() throws E and that the message names every one of `parts` (shapes, ids, values).
 template <class E, class F>
 void check_throws_naming(F&& f, const std::vector<std::string>& parts, const std::string& what) {

@@ -8,6 +8,7 @@
 #include "harness.hpp"
 
 using namespace distill;
+using namespace distill::test;
 using test::check_close;
 using test::check_grad;
 using test::kTolBf16;
@@ -29,27 +30,6 @@ Tensor<int32_t> targets_for(const Shape& s, int64_t V, uint64_t seed, int ignore
 }
 
 std::string at(const std::string& what, const Shape& s) { return what + " " + s.str(); }
-
-template <class T>
-Tensor<T> plus(const Tensor<T>& a, const Tensor<T>& b) {
-  auto out = Tensor<T>::empty(a.shape());
-  for (int64_t i = 0; i < a.numel(); ++i)
-    out.flat(i) = static_cast<T>(static_cast<double>(a.flat(i)) + static_cast<double>(b.flat(i)));
-  return out;
-}
-
-template <class E, class F>
-std::string error_of(F fn) {
-  try {
-    fn();
-  } catch (const E& e) {
-    return e.what();
-  }
-  FAIL("expected an exception");
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 }  // namespace
 

@@ -7,6 +7,7 @@
 #include "harness.hpp"
 
 using namespace distill;
+using namespace distill::test;
 using test::check_close;
 using test::check_grad;
 using test::kTolBf16;
@@ -20,27 +21,6 @@ const std::vector<Shape> kShapes = {{1}, {7}, {3, 5}, {4, 33}, {2, 3, 17}, {2, 1
 Tensor<float> rnd(const Shape& s, uint64_t seed) { return Tensor<float>::uniform(s, seed, -2.0, 2.0); }
 
 std::string at(const char* what, const Shape& s) { return std::string(what) + " " + s.str(); }
-
-// a + b by plain loops (the expected result of an accumulating backward).
-template <class T>
-Tensor<T> plus(const Tensor<T>& a, const Tensor<T>& b) {
-  auto out = Tensor<T>::empty(a.shape());
-  for (int64_t i = 0; i < a.numel(); ++i)
-    out.flat(i) = static_cast<T>(static_cast<double>(a.flat(i)) + static_cast<double>(b.flat(i)));
-  return out;
-}
-
-// Runs fn and returns the message of the distill::ShapeError it must throw.
-template <class F>
-std::string shape_error_of(F fn) {
-  try {
-    fn();
-  } catch (const ShapeError& e) {
-    return e.what();
-  }
-  FAIL("expected distill::ShapeError");
-  return "";
-}
 
 }  // namespace
 

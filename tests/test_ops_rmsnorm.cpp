@@ -11,6 +11,7 @@
 #endif
 
 using namespace distill;
+using namespace distill::test;
 using distill::test::check_close;
 using distill::test::check_grad;
 using distill::test::check_throws_naming;
@@ -22,13 +23,6 @@ namespace {
 constexpr double kEps = 1e-6;
 
 const char* style_name(RmsNormStyle s) { return s == RmsNormStyle::Weight ? "Weight" : "OnePlusWeight"; }
-
-// Elements whose bit patterns differ.
-int64_t bit_mismatches(const Tensor<bf16>& a, const Tensor<bf16>& b) {
-  int64_t n = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) n += bits_of(a.flat(i)) != bits_of(b.flat(i));
-  return n;
-}
 
 }  // namespace
 

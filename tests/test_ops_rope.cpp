@@ -10,6 +10,7 @@
 #include "harness.hpp"
 
 using namespace distill;
+using namespace distill::test;
 using distill::test::check_close;
 using distill::test::check_grad;
 using distill::test::check_throws_naming;
@@ -39,12 +40,6 @@ std::string num(double v) {
   std::ostringstream os;
   os << v;
   return os.str();
-}
-
-int64_t bit_mismatches(const Tensor<bf16>& a, const Tensor<bf16>& b) {
-  int64_t n = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) n += bits_of(a.flat(i)) != bits_of(b.flat(i));
-  return n;
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include "harness.hpp"
 
 using namespace distill;
+using namespace distill::test;
 using test::check_close;
 using test::check_grad;
 using test::kTolBf16;
@@ -21,27 +22,6 @@ Tensor<float> rnd(const Shape& s, uint64_t seed, double scale = 3.0) {
 }
 
 std::string at(const char* what, const Shape& s) { return std::string(what) + " " + s.str(); }
-
-template <class T>
-Tensor<T> plus(const Tensor<T>& a, const Tensor<T>& b) {
-  auto out = Tensor<T>::empty(a.shape());
-  for (int64_t i = 0; i < a.numel(); ++i)
-    out.flat(i) = static_cast<T>(static_cast<double>(a.flat(i)) + static_cast<double>(b.flat(i)));
-  return out;
-}
-
-template <class F>
-std::string shape_error_of(F fn) {
-  try {
-    fn();
-  } catch (const ShapeError& e) {
-    return e.what();
-  }
-  FAIL("expected distill::ShapeError");
-  return "";
-}
-
-bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
 // A Var-level composition the gradient check can differentiate through more than one op:
 // weights the outputs by the input itself so the upstream gradient is not constant.
