@@ -284,7 +284,7 @@ struct VarLeaf : StridedLeaf<T, D> {
   T* gbase = nullptr;
   T* grow = nullptr;
   // Broadcast leaves accumulate in double (see expr::backward_pass).
-  std::shared_ptr<std::vector<double>> scratch;
+  std::shared_ptr<std::vector<double>> scratch, local;
   double* sbase = nullptr;
   double* srow = nullptr;
 
@@ -307,7 +307,19 @@ struct VarLeaf : StridedLeaf<T, D> {
     for (size_t i = 0; i < scratch->size(); ++i)
       gbase[i] = from_compute<T>(static_cast<C>(static_cast<double>(to_compute<T>(gbase[i])) + (*scratch)[i]));
     scratch.reset();
+    local.reset();
     sbase = srow = nullptr;
+  }
+  // A private zeroed scratch for one chunk of the broadcast backward; merge_scratch adds it into the
+  // shared one (in chunk order, for determinism).
+  void fork_scratch() {
+    if (!scratch) return;
+    local = std::make_shared<std::vector<double>>(scratch->size(), 0.0);
+    sbase = srow = local->data();
+  }
+  void merge_scratch(const VarLeaf& o) {
+    if (!scratch || !o.local) return;
+    for (size_t i = 0; i < scratch->size(); ++i) (*scratch)[i] += (*o.local)[i];
   }
   bool grad_broadcast() const { return gbase && this->bcast; }
   void bind_flat() {

@@ -3,6 +3,9 @@
 // per-leaf strides. Loops are split across OpenMP threads; each thread works on its own copy of the
 // (small) expression object.
 #pragma once
+#include <algorithm>
+#include <vector>
+
 #include "distill/core/config.hpp"
 #include "distill/core/parallel.hpp"
 #include "distill/expr/nodes.hpp"
@@ -14,6 +17,23 @@ inline constexpr int64_t kEwiseGrain = 1 << 14;
 namespace detail {
 // Calls body(local_expr, begin, end, unit, base) over output ranges [begin, end); the leaves index the
 // range as j - base (base = 0 in flat mode, the row start in row mode). Parallel unless `serial`.
+// Row mode over rows [rb, re) of `shape` with an expression already bound to it.
+template <class E, class Body>
+void run_rows(E& local, const Shape& shape, int64_t rb, int64_t re, Body&& body) {
+  const int R = shape.rank();
+  const int64_t n = shape.back();
+  int64_t idx[kMaxRank] = {};
+  for (int64_t r = rb; r < re; ++r) {
+    int64_t rem = r;
+    for (int i = R - 2; i >= 0; --i) {
+      idx[i] = rem % shape[i];
+      rem /= shape[i];
+    }
+    local.seek(idx, R);
+    body(local, r * n, r * n + n, local.all_unit(), r * n);
+  }
+}
+
 template <class E, class Body>
 void for_each_row(const E& e0, const Shape& shape, bool serial, Body&& body) {
   const int64_t numel = shape.numel();
@@ -33,20 +53,10 @@ void for_each_row(const E& e0, const Shape& shape, bool serial, Body&& body) {
     return;
   }
   e.bind(shape);
-  const int R = shape.rank();
   const int64_t n = shape.back(), rows = numel / n;
   auto run = [&](int64_t rb, int64_t re) {
     E local = e;
-    int64_t idx[kMaxRank] = {};
-    for (int64_t r = rb; r < re; ++r) {
-      int64_t rem = r;
-      for (int i = R - 2; i >= 0; --i) {
-        idx[i] = rem % shape[i];
-        rem /= shape[i];
-      }
-      local.seek(idx, R);
-      body(local, r * n, r * n + n, local.all_unit(), r * n);
-    }
+    run_rows(local, shape, rb, re, body);
   };
   if (serial)
     run(0, rows);
@@ -94,32 +104,47 @@ void assign(const Tensor<T, D>& out, const E& e) {
 
 // Fused backward: for every element, recompute the forward tree once (keeping intermediates) and push
 // g_out down to every leaf that wants a gradient. Leaves accumulate (+=) into their gradient buffers.
-// When a differentiated leaf is broadcast, several outputs hit one gradient element: the pass then runs
-// serially (race-free, deterministic) and such leaves sum into a double scratch buffer that is rounded
-// into their gradient once at the end (summing thousands of terms in bf16, or 2^24 in f32, stalls).
+// When a differentiated leaf is broadcast, several outputs hit one of its gradient elements: the rows
+// are then split into a fixed number of chunks, each summing such leaves into its own double scratch
+// buffer, merged in chunk order and rounded into the gradient once (race-free, deterministic for a
+// given thread count, and exact enough: summing thousands of terms in bf16, or 2^24 in f32, stalls).
 template <class E, class T, class D>
 void backward_pass(E e, const Tensor<T, D>& g_out) {
   static_assert(std::is_same_v<D, Cpu>, "the CUDA backward pass comes from distill::kernels");
   const Shape shape = e.out_shape();
   check_same_shape(shape, g_out.shape(), "backward");
+  if (shape.numel() == 0) return;
   e.prepare_grads(shape);
   const T* g = g_out.data();
-  E probe = e;
-  probe.bind(shape);
-  const bool serial = probe.grad_broadcast();
-  detail::for_each_row(e, shape, serial, [&](const E& x, int64_t b, int64_t end, bool unit, int64_t base) {
-    if (serial) {
-      if (unit)
-        detail::backward_range<true, true>(x, g, b, end, base);
-      else
-        detail::backward_range<false, true>(x, g, b, end, base);
-    } else {
+  E bound = e;
+  bound.bind(shape);
+  if (!bound.grad_broadcast()) {
+    detail::for_each_row(e, shape, false, [&](const E& x, int64_t b, int64_t end, bool unit, int64_t base) {
       if (unit)
         detail::backward_range<true, false>(x, g, b, end, base);
       else
         detail::backward_range<false, false>(x, g, b, end, base);
-    }
-  });
+    });
+  } else {
+    // A broadcast leaf never passes flat_ok, so this is row mode.
+    const int64_t rows = shape.numel() / shape.back();
+    const int64_t chunks = std::min<int64_t>({max_threads(), rows, std::max<int64_t>(1, shape.numel() / kEwiseGrain)});
+    std::vector<E> parts(static_cast<size_t>(chunks), bound);
+    parallel_for(chunks, 1, [&](int64_t cb, int64_t ce) {
+      for (int64_t c = cb; c < ce; ++c) {
+        E& local = parts[static_cast<size_t>(c)];
+        local.fork_scratch();
+        detail::run_rows(local, shape, rows * c / chunks, rows * (c + 1) / chunks,
+                         [&](const E& x, int64_t b, int64_t end, bool unit, int64_t base) {
+                           if (unit)
+                             detail::backward_range<true, true>(x, g, b, end, base);
+                           else
+                             detail::backward_range<false, true>(x, g, b, end, base);
+                         });
+      }
+    });
+    for (const E& p : parts) e.merge_scratch(p);
+  }
   e.finish_grads();
 }
 

@@ -128,6 +128,9 @@ struct StridedLeaf {
   void collect_nodes(std::vector<std::shared_ptr<autograd::Node>>&) const {}
   void prepare_grads(const Shape&) {}
   void finish_grads() {}
+  void fork_scratch() {}
+  template <class Other>
+  void merge_scratch(const Other&) {}
 };
 
 // A constant tensor (no gradient).
@@ -174,6 +177,9 @@ struct Scalar {
   void collect_nodes(std::vector<std::shared_ptr<autograd::Node>>&) const {}
   void prepare_grads(const Shape&) {}
   void finish_grads() {}
+  void fork_scratch() {}
+  template <class Other>
+  void merge_scratch(const Other&) {}
 };
 
 template <class Op, class E>
@@ -219,6 +225,8 @@ struct Unary {
   void collect_nodes(std::vector<std::shared_ptr<autograd::Node>>& v) const { e.collect_nodes(v); }
   void prepare_grads(const Shape& out) { e.prepare_grads(out); }
   void finish_grads() { e.finish_grads(); }
+  void fork_scratch() { e.fork_scratch(); }
+  void merge_scratch(const Unary& o) { e.merge_scratch(o.e); }
 };
 
 template <class Op, class L, class R>
@@ -292,6 +300,14 @@ struct Binary {
   void finish_grads() {
     l.finish_grads();
     r.finish_grads();
+  }
+  void fork_scratch() {
+    l.fork_scratch();
+    r.fork_scratch();
+  }
+  void merge_scratch(const Binary& o) {
+    l.merge_scratch(o.l);
+    r.merge_scratch(o.r);
   }
 };
 
