@@ -1,4 +1,6 @@
-// Attention forward + backward, f32, B=1, H=8, KV=4, D=64: the flash-tiled cpu:: path beside two baselines
+// Attention forward + backward, f32, B=1, H=8, KV=4, D=64 (and B=1, H=4, KV=1 for the flash path: one kv head,
+// as in gemma-3-1b, where the backward must split work below the (b, kv head) level): the flash-tiled cpu:: path
+// beside two baselines
 // that materialize the [T, S] score matrix of every head: a float one on Eigen GEMMs (what one writes without
 // tiling: it keeps P [B, H, T, S] for the backward) and ref:: (plain loops accumulating in double; only at T=256, it is
 // slow). FLOP/s counts the useful work of every variant the same way, so the ratios are time ratios: per visible
@@ -6,6 +8,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <map>
 #include <vector>
@@ -22,25 +25,26 @@ struct Data {
   Tensor<float> q, k, v, g;  // q, g [B, T, H, D]; k, v [B, T, KV, D]
 };
 
-const Data& data_for(int64_t T) {
-  static std::map<int64_t, Data> cache;
-  auto it = cache.find(T);
+const Data& data_for(int64_t T, int64_t H = kH, int64_t KV = kKV) {
+  static std::map<std::array<int64_t, 3>, Data> cache;
+  const std::array<int64_t, 3> key{T, H, KV};
+  auto it = cache.find(key);
   if (it == cache.end())
     it = cache
-             .emplace(T, Data{Tensor<float>::uniform({kB, T, kH, kD}, 1), Tensor<float>::uniform({kB, T, kKV, kD}, 2),
-                              Tensor<float>::uniform({kB, T, kKV, kD}, 3), Tensor<float>::uniform({kB, T, kH, kD}, 4)})
+             .emplace(key, Data{Tensor<float>::uniform({kB, T, H, kD}, 1), Tensor<float>::uniform({kB, T, KV, kD}, 2),
+                                Tensor<float>::uniform({kB, T, KV, kD}, 3), Tensor<float>::uniform({kB, T, H, kD}, 4)})
              .first;
   return it->second;
 }
 
-double useful_flops(int64_t T, bool causal) {
+double useful_flops(int64_t T, bool causal, int64_t H = kH) {
   const double pairs = causal ? 0.5 * static_cast<double>(T) * static_cast<double>(T + 1)
                               : static_cast<double>(T) * static_cast<double>(T);
-  return pairs * static_cast<double>(kB * kH) * 14.0 * static_cast<double>(kD);
+  return pairs * static_cast<double>(kB * H) * 14.0 * static_cast<double>(kD);
 }
 
-void set_counters(benchmark::State& st, int64_t T, bool causal) {
-  st.counters["FLOP/s"] = benchmark::Counter(useful_flops(T, causal), benchmark::Counter::kIsIterationInvariantRate);
+void set_counters(benchmark::State& st, int64_t T, bool causal, int64_t H = kH) {
+  st.counters["FLOP/s"] = benchmark::Counter(useful_flops(T, causal, H), benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // --- baseline: materialized scores in float, Eigen GEMMs, parallel over heads ---------------------------
@@ -140,6 +144,21 @@ void BM_attention_flash_cpu(benchmark::State& st) {
   set_counters(st, T, causal);
 }
 
+// Args: {T, causal, H, KV}. H=4, KV=1: a single (b, kv head) pair, so the backward parallelizes over key and
+// query tiles (the two-pass path) instead of over kv heads.
+void BM_attention_flash_cpu_heads(benchmark::State& st) {
+  const int64_t T = st.range(0), H = st.range(2), KV = st.range(3);
+  const bool causal = st.range(1) != 0;
+  const Data& d = data_for(T, H, KV);
+  const AttentionOptions o{causal, 0, 0};
+  for (auto _ : st) {
+    auto fwd = cpu::attention_forward(d.q, d.k, d.v, o);
+    auto grads = cpu::attention_backward(d.q, d.k, d.v, fwd.out, fwd.lse, d.g, o);
+    benchmark::DoNotOptimize(grads.dq.data());
+  }
+  set_counters(st, T, causal, H);
+}
+
 void BM_attention_materialized_f32(benchmark::State& st) {
   const int64_t T = st.range(0);
   const Data& d = data_for(T);
@@ -171,6 +190,11 @@ BENCHMARK(BM_attention_flash_cpu)
     ->Args({256, 1})
     ->Args({1024, 1})
     ->Args({1024, 0})
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(1.0)
+    ->UseRealTime();
+BENCHMARK(BM_attention_flash_cpu_heads)
+    ->Args({1024, 1, 4, 1})
     ->Unit(benchmark::kMillisecond)
     ->MinTime(1.0)
     ->UseRealTime();

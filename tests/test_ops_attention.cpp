@@ -1,11 +1,16 @@
 // Attention: the CPU flash path against ref:: (forward and backward, f32/f64/bf16/f16), the mask and GQA
 // semantics against answers computed here from the SPEC definitions, f64 finite-difference gradients of the
 // recorded op, and shape errors.
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "distill/ops/attention.hpp"
 #include "harness.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 using namespace distill;
 using distill::test::check_close;
@@ -116,6 +121,87 @@ TEST_CASE("op:attention cpu vs ref (f32): several tiles, skipped tiles, peaky so
       {"causal window 64 = tile, T=S=129", 1, 129, 129, 1, 1, 8, true, 64},
   };
   for (const auto& c : cases) check_cpu_vs_ref<float>(c, test::kTolF32);
+}
+
+namespace {
+
+// Runs fn with the OpenMP thread count set to n (restored after); without OpenMP just runs fn.
+template <class F>
+void with_threads(int n, F&& fn) {
+#if defined(_OPENMP)
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(n);
+  try {
+    fn();
+  } catch (...) {
+    omp_set_num_threads(saved);
+    throw;
+  }
+  omp_set_num_threads(saved);
+#else
+  (void)n;
+  fn();
+#endif
+}
+
+bool same_bits(const Tensor<float>& a, const Tensor<float>& b) {
+  if (a.shape() != b.shape()) return false;
+  for (int64_t i = 0; i < a.numel(); ++i)
+    if (std::memcmp(&a.data()[i], &b.data()[i], sizeof(float)) != 0) return false;
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("op:attention backward with one kv head (B=1, KV=1, H=4): both schedules vs ref, several tiles") {
+  // B * KV = 1 is below the thread count from 2 threads on, so the backward splits into the key-tile pass (dK,
+  // dV) and the query-tile pass (dQ); with 1 thread it runs the single (b, kv head) pass. Both against ref::.
+  const std::vector<Case> cases = {
+      {"KV=1 causal T=S=150", 1, 150, 150, 4, 1, 16, true, 0, 0, 3.0},
+      {"KV=1 causal window 50, T=S=150", 1, 150, 150, 4, 1, 16, true, 50, 0, 3.0},
+      {"KV=1 non-causal window 40, T=100 S=140", 1, 100, 140, 4, 1, 16, false, 40},
+      {"KV=1 causal T=70 S=200 (offset 130)", 1, 70, 200, 4, 1, 16, true, 0},
+      {"KV=2 B=1 causal T=S=150 (two-pass at 3 threads)", 1, 150, 150, 4, 2, 8, true, 0},
+  };
+  for (const int threads : {1, 2, 3}) {
+    INFO("threads=" << threads);
+    with_threads(threads, [&] {
+      for (const auto& c : cases) check_cpu_vs_ref<float>(c, test::kTolF32);
+      const Case c16{"bf16 KV=1 causal window 30, T=S=150", 1, 150, 150, 4, 1, 16, true, 30};
+      check_cpu_vs_ref<bf16, double>(c16, test::kTolBf16);
+      const Case c64{"f64 KV=1 causal T=S=130", 1, 130, 130, 2, 1, 8, true, 0, 0, 2.0};
+      check_cpu_vs_ref<double>(c64, test::kTolF64);
+    });
+  }
+}
+
+TEST_CASE("op:attention backward is deterministic: bit-identical dq/dk/dv across runs and thread counts") {
+  const std::vector<Case> cases = {
+      {"KV=1 causal T=S=150", 1, 150, 150, 4, 1, 64, true, 0, 0, 3.0},
+      {"KV=1 causal window 50, T=S=150", 1, 150, 150, 4, 1, 64, true, 50, 0, 3.0},
+      {"KV=2 B=2 non-causal T=S=150", 2, 150, 150, 4, 2, 16, false, 0},
+  };
+  for (const auto& c : cases) {
+    INFO("case " << c.name);
+    const auto in = make_inputs<float>(c, 11);
+    const auto o = opts_of(c);
+    const auto fwd = cpu::attention_forward(in.q, in.k, in.v, o);
+    auto run = [&] { return cpu::attention_backward(in.q, in.k, in.v, fwd.out, fwd.lse, in.g, o); };
+    const auto a = run(), b = run();
+    CHECK_MESSAGE(same_bits(a.dq, b.dq), "dq identical across two runs");
+    CHECK_MESSAGE(same_bits(a.dk, b.dk), "dk identical across two runs");
+    CHECK_MESSAGE(same_bits(a.dv, b.dv), "dv identical across two runs");
+    // 1 thread runs the single pass, 2 and 3 threads the two-pass schedule (for B * KV < threads): every
+    // output row is summed by one task in the same order either way.
+    for (const int threads : {1, 2, 3}) {
+      INFO("threads=" << threads);
+      AttentionGrads<float> t;
+      with_threads(threads, [&] { t = run(); });
+      CHECK_MESSAGE(same_bits(a.dq, t.dq), "dq independent of the thread count");
+      CHECK_MESSAGE(same_bits(a.dk, t.dk), "dk independent of the thread count");
+      CHECK_MESSAGE(same_bits(a.dv, t.dv), "dv independent of the thread count");
+    }
+  }
 }
 
 TEST_CASE("op:attention cpu vs ref (f64) at f64 tolerance") {
