@@ -8,10 +8,6 @@
 
 using namespace distill;
 using namespace distill::test;
-using test::check_close;
-using test::check_grad;
-using test::kTolBf16;
-using test::kTolF32;
 
 namespace {
 

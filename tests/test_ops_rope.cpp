@@ -11,12 +11,6 @@
 
 using namespace distill;
 using namespace distill::test;
-using distill::test::check_close;
-using distill::test::check_grad;
-using distill::test::check_throws_naming;
-using distill::test::kTolBf16;
-using distill::test::kTolF32;
-using distill::test::Tol;
 
 namespace {
 
