@@ -67,7 +67,7 @@ void for_each_row(const E& e0, const Shape& shape, bool serial, Body&& body) {
 // if-convert float selects: clang by default, GCC with -fno-trapping-math, which distill::distill
 // adds to its users' flags (results are unchanged; only FP exception flags are not honoured).
 template <bool Unit, class E, class T>
-void assign_range(const E& x, T* o, int64_t b, int64_t end, int64_t base) {
+DISTILL_TARGET_CLONES void assign_range(const E& x, T* o, int64_t b, int64_t end, int64_t base) {
   // Same-index reads and writes only (assign rejects operands that overlap `out` as another view), so
   // simd is safe even when `out` itself is an operand.
 #pragma omp simd
@@ -75,7 +75,7 @@ void assign_range(const E& x, T* o, int64_t b, int64_t end, int64_t base) {
 }
 
 template <bool Unit, bool Scratch, class E, class T>
-void backward_range(const E& x, const T* g, int64_t b, int64_t end, int64_t base) {
+DISTILL_TARGET_CLONES void backward_range(const E& x, const T* g, int64_t b, int64_t end, int64_t base) {
   for (int64_t j = b; j < end; ++j) {
     const auto c = x.template fwd<Unit>(j - base);
     x.template bwd<Unit, Scratch>(j - base, c, to_compute<T>(g[j]));
