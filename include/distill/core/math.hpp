@@ -66,7 +66,9 @@ DISTILL_ALWAYS_INLINE float tanh(float x0) {
   q = q * x2 + 1.18534705686654e-04f;
   q = q * x2 + 2.26843463243900e-03f;
   q = q * x2 + 4.89352518554385e-03f;
-  return p / q;
+  const float r = p / q;
+  // Past |x| = 9, tanh(x) rounds to +-1 in float; say so exactly whatever the compiler contracted.
+  return x0 > 9.0f ? 1.0f : (x0 < -9.0f ? -1.0f : r);
 }
 inline double tanh(double x) { return std::tanh(x); }
 
