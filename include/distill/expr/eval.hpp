@@ -68,9 +68,8 @@ void for_each_row(const E& e0, const Shape& shape, bool serial, Body&& body) {
 // adds to its users' flags (results are unchanged; only FP exception flags are not honoured).
 template <bool Unit, class E, class T>
 DISTILL_TARGET_CLONES void assign_range(const E& x, T* o, int64_t b, int64_t end, int64_t base) {
-  // Same-index reads and writes only (assign rejects operands that overlap `out` as another view), so
-  // simd is safe even when `out` itself is an operand.
-#pragma omp simd
+  // Auto-vectorized (GCC versions the loop for the possible aliasing of `o` with the operands; assign
+  // rejects operands that overlap `out` as another view, and same-index reads/writes are fine).
   for (int64_t j = b; j < end; ++j) o[j] = from_compute<T>(x.template value<Unit>(j - base));
 }
 
