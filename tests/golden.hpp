@@ -47,10 +47,6 @@ Tensor<T> as(const Tensor<double>& t) {
   return t.cast<T>();
 }
 
-inline Tensor<int32_t> as_ids(const Tensor<double>& t) {
-  auto ids = Tensor<int32_t>::empty(t.shape());
-  for (int64_t i = 0; i < t.numel(); ++i) ids.data()[i] = static_cast<int32_t>(t.data()[i]);
-  return ids;
-}
+inline Tensor<int32_t> as_ids(const Tensor<double>& t) { return t.cast<int32_t>(); }
 
 }  // namespace distill::test

@@ -75,27 +75,12 @@ void for_each_row(const Shape& shape, const Shape& strides, F&& fn) {
   });
 }
 
-// A contiguous copy of any strided view.
+// view += src (in the compute type) for a src of the view's shape; the view may be strided (a slice of
+// a gradient buffer), which expr::assign does not take as a destination. Plain copies into a view are
+// Tensor::copy_from.
 template <class T>
-Tensor<T> gather(const Tensor<T>& view) {
-  auto out = Tensor<T>::empty(view.shape());
-  const int R = view.rank();
-  const int64_t n = R ? view.shape()[R - 1] : 1, st = R ? view.strides()[R - 1] : 1;
-  const T* src = view.data();
-  T* dst = out.data();
-  for_each_row(view.shape(), view.strides(), [&](int64_t r, int64_t off) {
-    if (st == 1)
-      std::copy_n(src + off, n, dst + r * n);
-    else
-      for (int64_t j = 0; j < n; ++j) dst[r * n + j] = src[off + j * st];
-  });
-  return out;
-}
-
-// view = src (or view += src, in the compute type) for a contiguous src of the view's shape.
-template <class T>
-void scatter(const Tensor<T>& view, const Tensor<T>& src_in, bool add) {
-  check_same_shape(view.shape(), src_in.shape(), "scatter");
+void scatter_add(const Tensor<T>& view, const Tensor<T>& src_in) {
+  check_same_shape(view.shape(), src_in.shape(), "scatter_add");
   const Tensor<T> src = src_in.contiguous();
   const int R = view.rank();
   const int64_t n = R ? view.shape()[R - 1] : 1, st = R ? view.strides()[R - 1] : 1;
@@ -103,13 +88,8 @@ void scatter(const Tensor<T>& view, const Tensor<T>& src_in, bool add) {
   T* dp = view.data();
   for_each_row(view.shape(), view.strides(), [&](int64_t r, int64_t off) {
     const T* s = sp + r * n;
-    if (add)
-      for (int64_t j = 0; j < n; ++j)
-        dp[off + j * st] = from_compute<T>(to_compute<T>(dp[off + j * st]) + to_compute<T>(s[j]));
-    else if (st == 1)
-      std::copy_n(s, n, dp + off);
-    else
-      for (int64_t j = 0; j < n; ++j) dp[off + j * st] = s[j];
+    for (int64_t j = 0; j < n; ++j)
+      dp[off + j * st] = from_compute<T>(to_compute<T>(dp[off + j * st]) + to_compute<T>(s[j]));
   });
 }
 
@@ -245,7 +225,7 @@ Tensor<T> concat(const std::vector<Tensor<T>>& xs, int axis) {
   const int a = d::norm_axis(y.shape(), axis, "concat");
   int64_t off = 0;
   for (const auto& x : xs) {
-    d::scatter(y.slice(a, off, off + x.dim(a)), x, false);
+    y.slice(a, off, off + x.dim(a)).copy_from(x);
     off += x.dim(a);
   }
   return y;
@@ -255,7 +235,7 @@ Tensor<T> concat(const std::vector<Tensor<T>>& xs, int axis) {
 template <FloatingDtype T>
 Tensor<T> narrow(const Tensor<T>& x, int axis, int64_t start, int64_t length) {
   const int a = detail::shape_ops::norm_axis(x.shape(), axis, "narrow");
-  return detail::shape_ops::gather(x.slice(a, start, start + length));
+  return x.slice(a, start, start + length).clone();
 }
 
 // dx[..., start:start+g.dim(axis), ...] += g.
@@ -263,7 +243,7 @@ template <FloatingDtype T>
 void narrow_backward_accumulate(const Tensor<T>& dx, int axis, int64_t start, const Tensor<T>& g) {
   const int a = detail::shape_ops::norm_axis(dx.shape(), axis, "narrow_backward");
   check_same_shape(dx.shape().with(a, g.dim(a)), g.shape(), "narrow_backward");
-  detail::shape_ops::scatter(dx.slice(a, start, start + g.dim(a)), g, true);
+  detail::shape_ops::scatter_add(dx.slice(a, start, start + g.dim(a)), g);
 }
 
 // A contiguous copy with axes a and b swapped.
@@ -271,7 +251,7 @@ template <FloatingDtype T>
 Tensor<T> transpose(const Tensor<T>& x, int a, int b) {
   a = detail::shape_ops::norm_axis(x.shape(), a, "transpose");
   b = detail::shape_ops::norm_axis(x.shape(), b, "transpose");
-  return detail::shape_ops::gather(x.transpose(a, b));
+  return x.transpose(a, b).clone();
 }
 
 }  // namespace cpu

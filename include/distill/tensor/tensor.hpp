@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "distill/core/dtype.hpp"
+#include "distill/core/parallel.hpp"
 #include "distill/tensor/shape.hpp"
 #include "distill/tensor/storage.hpp"
 
@@ -156,11 +157,32 @@ class Tensor {
   void copy_from(const Tensor& src) const {
     check_same_shape(shape_, src.shape_, "copy_from");
     if constexpr (std::is_same_v<D, Cpu>) {
+      if (numel() == 0) return;
       if (is_contiguous() && src.is_contiguous()) {
         std::copy_n(src.data_, numel(), data_);
-      } else {
-        for (int64_t i = 0; i < numel(); ++i) flat(i) = src.flat(i);
+        return;
       }
+      // Strided views: row by row along the last axis (one index computation per row, not per element),
+      // rows split across threads. This is what contiguous() and clone() of a view cost.
+      const int R = rank();
+      const int64_t n = R ? shape_[R - 1] : 1, ds = R ? strides_[R - 1] : 1, ss = R ? src.strides_[R - 1] : 1;
+      parallel_for(numel() / n, std::max<int64_t>(1, (int64_t{1} << 14) / n), [&](int64_t b, int64_t e) {
+        for (int64_t r = b; r < e; ++r) {
+          int64_t rem = r, doff = 0, soff = 0;
+          for (int i = R - 2; i >= 0; --i) {
+            const int64_t k = rem % shape_[i];
+            rem /= shape_[i];
+            doff += k * strides_[i];
+            soff += k * src.strides_[i];
+          }
+          T* d = data_ + doff;
+          const T* sp = src.data_ + soff;
+          if (ds == 1 && ss == 1)
+            std::copy_n(sp, n, d);
+          else
+            for (int64_t j = 0; j < n; ++j) d[j * ds] = sp[j * ss];
+        }
+      });
     } else {
       DISTILL_CHECK(is_contiguous() && src.is_contiguous(), "device copies need contiguous tensors");
       cuda::memcpy_device_to_device(data_, src.data_, sizeof(T) * static_cast<size_t>(numel()));
