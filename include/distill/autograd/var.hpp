@@ -82,17 +82,10 @@ struct TypedNode final : Node {
   }
   bool has_grad() const override { return grad.defined(); }
   bool grad_all_finite() const override {
-    if constexpr (std::is_same_v<D, Cpu>) {
-      const T* g = grad.data();
-      for (int64_t i = 0; i < grad.numel(); ++i)
-        if (!std::isfinite(static_cast<double>(to_compute<T>(g[i])))) return false;
-      return true;
-    } else {
-      auto h = grad.template to<Cpu>();
-      for (int64_t i = 0; i < h.numel(); ++i)
-        if (!std::isfinite(static_cast<double>(to_compute<T>(h.data()[i])))) return false;
-      return true;
-    }
+    const auto h = grad.template to<Cpu>();  // the same tensor on Cpu; a host copy from a device
+    for (int64_t i = 0; i < h.numel(); ++i)
+      if (!std::isfinite(static_cast<double>(to_compute<T>(h.data()[i])))) return false;
+    return true;
   }
   void release_grad() override { grad = Tensor<T, D>(); }
   std::shared_ptr<void> stash_grad() override {
