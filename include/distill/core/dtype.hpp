@@ -73,11 +73,11 @@ inline constexpr const char* dtype_name_v = dtype_traits<T>::name;
 // Conversions through the compute type. Eigen's float->bfloat16/half conversions round to nearest even
 // and keep NaN (as a quiet NaN) and +-Inf.
 template <class T>
-DISTILL_ALWAYS_INLINE compute_t<T> to_compute(T x) {
+DISTILL_ALWAYS_INLINE DISTILL_HOST_DEVICE compute_t<T> to_compute(T x) {
   return static_cast<compute_t<T>>(x);
 }
 template <class T>
-DISTILL_ALWAYS_INLINE T from_compute(compute_t<T> x) {
+DISTILL_ALWAYS_INLINE DISTILL_HOST_DEVICE T from_compute(compute_t<T> x) {
   return static_cast<T>(x);
 }
 

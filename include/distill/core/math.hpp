@@ -2,6 +2,8 @@
 // an opaque libm call and keeps the loop scalar). Cephes-style range reduction and polynomial, the
 // same scheme as Eigen's pexp and ggml's: relative error within a few ulp of std::exp over the whole
 // range; overflow gives +inf, underflow 0, NaN stays NaN. double uses the standard library.
+// In CUDA device code every function maps to the CUDA math library (expf, tanhf, ...): the GPU has
+// no vectorizer to please, and those are within 2 ulp.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -11,7 +13,10 @@
 
 namespace distill::math {
 
-DISTILL_ALWAYS_INLINE float exp(float x) {
+DISTILL_ALWAYS_INLINE DISTILL_HOST_DEVICE float exp(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::expf(x);
+#else
   // Clamp so that 2^n below spans [2^-150, 2^128]: past the ends the product itself rounds to 0 or
   // overflows to +inf, with no data-dependent select (a select on a float compare keeps GCC from
   // vectorizing under the default -ftrapping-math). min/max-style clamps keep NaN.
@@ -44,12 +49,22 @@ DISTILL_ALWAYS_INLINE float exp(float x) {
   std::memcpy(&s2, &b2, 4);
   float y = p * s1 * s2;
   return y;
+#endif
 }
-inline double exp(double x) { return std::exp(x); }
+DISTILL_ALWAYS_INLINE DISTILL_HOST_DEVICE double exp(double x) {
+#if defined(__CUDA_ARCH__)
+  return ::exp(x);
+#else
+  return std::exp(x);
+#endif
+}
 
 // tanh as an odd rational function on [-7.9, 7.9] (beyond it tanh is 1 in float): the minimax
 // approximation Eigen uses for its vectorized float tanh. No exp, no cancellation near 0.
-DISTILL_ALWAYS_INLINE float tanh(float x0) {
+DISTILL_ALWAYS_INLINE DISTILL_HOST_DEVICE float tanh(float x0) {
+#if defined(__CUDA_ARCH__)
+  return ::tanhf(x0);
+#else
   const float c = 7.90531110763549805f;
   float x = x0 > c ? c : x0;
   x = x < -c ? -c : x;
@@ -69,7 +84,44 @@ DISTILL_ALWAYS_INLINE float tanh(float x0) {
   const float r = p / q;
   // Past |x| = 9, tanh(x) rounds to +-1 in float; say so exactly whatever the compiler contracted.
   return x0 > 9.0f ? 1.0f : (x0 < -9.0f ? -1.0f : r);
+#endif
 }
-inline double tanh(double x) { return std::tanh(x); }
+DISTILL_ALWAYS_INLINE DISTILL_HOST_DEVICE double tanh(double x) {
+#if defined(__CUDA_ARCH__)
+  return ::tanh(x);
+#else
+  return std::tanh(x);
+#endif
+}
+
+// log and sqrt: the standard library on the host, the CUDA math library on the device.
+DISTILL_ALWAYS_INLINE DISTILL_HOST_DEVICE float log(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::logf(x);
+#else
+  return std::log(x);
+#endif
+}
+DISTILL_ALWAYS_INLINE DISTILL_HOST_DEVICE double log(double x) {
+#if defined(__CUDA_ARCH__)
+  return ::log(x);
+#else
+  return std::log(x);
+#endif
+}
+DISTILL_ALWAYS_INLINE DISTILL_HOST_DEVICE float sqrt(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::sqrtf(x);
+#else
+  return std::sqrt(x);
+#endif
+}
+DISTILL_ALWAYS_INLINE DISTILL_HOST_DEVICE double sqrt(double x) {
+#if defined(__CUDA_ARCH__)
+  return ::sqrt(x);
+#else
+  return std::sqrt(x);
+#endif
+}
 
 }  // namespace distill::math

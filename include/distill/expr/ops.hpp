@@ -1,7 +1,8 @@
 // Op tags: every element-wise op's forward rule and local derivative, in one table (as tinygrad keeps
 // its gradient rules together). Unary: f(x), df(x, y) = dy/dx given x and y = f(x).
 // Binary: f(a, b), da(a, b, y) = dy/da, db(a, b, y) = dy/db. All in the compute type C (f32 or f64).
-// exp and tanh go through math:: so that fused f32 loops vectorize.
+// exp and tanh go through math:: so that fused f32 loops vectorize; every rule is __host__ __device__ so
+// that the CUDA backend compiles the same table into its generated kernels.
 #pragma once
 #include <cmath>
 
@@ -12,55 +13,55 @@ namespace distill::op {
 struct Neg {
   static constexpr const char* name = "neg";
   template <class C>
-  DISTILL_FORCEINLINE static C f(C x) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C f(C x) {
     return -x;
   }
   template <class C>
-  DISTILL_FORCEINLINE static C df(C, C) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C df(C, C) {
     return C(-1);
   }
 };
 struct Exp {
   static constexpr const char* name = "exp";
   template <class C>
-  DISTILL_FORCEINLINE static C f(C x) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C f(C x) {
     return math::exp(x);
   }
   template <class C>
-  DISTILL_FORCEINLINE static C df(C, C y) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C df(C, C y) {
     return y;
   }
 };
 struct Log {
   static constexpr const char* name = "log";
   template <class C>
-  DISTILL_FORCEINLINE static C f(C x) {
-    return std::log(x);
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C f(C x) {
+    return math::log(x);
   }
   template <class C>
-  DISTILL_FORCEINLINE static C df(C x, C) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C df(C x, C) {
     return C(1) / x;
   }
 };
 struct Tanh {
   static constexpr const char* name = "tanh";
   template <class C>
-  DISTILL_FORCEINLINE static C f(C x) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C f(C x) {
     return math::tanh(x);
   }
   template <class C>
-  DISTILL_FORCEINLINE static C df(C, C y) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C df(C, C y) {
     return C(1) - y * y;
   }
 };
 struct Sigmoid {
   static constexpr const char* name = "sigmoid";
   template <class C>
-  DISTILL_FORCEINLINE static C f(C x) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C f(C x) {
     return C(1) / (C(1) + math::exp(-x));
   }
   template <class C>
-  DISTILL_FORCEINLINE static C df(C, C y) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C df(C, C y) {
     return y * (C(1) - y);
   }
 };
@@ -68,11 +69,11 @@ struct Sigmoid {
 struct Silu {
   static constexpr const char* name = "silu";
   template <class C>
-  DISTILL_FORCEINLINE static C f(C x) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C f(C x) {
     return x / (C(1) + math::exp(-x));
   }
   template <class C>
-  DISTILL_FORCEINLINE static C df(C x, C) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C df(C x, C) {
     const C s = C(1) / (C(1) + math::exp(-x));
     return s * (C(1) + x * (C(1) - s));
   }
@@ -83,13 +84,13 @@ struct Silu {
 struct GeluTanh {
   static constexpr const char* name = "gelu_tanh";
   template <class C>
-  DISTILL_FORCEINLINE static C f(C x) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C f(C x) {
     const C k = C(0.7978845608028654);
     const C u = k * (x + C(0.044715) * x * x * x);
     return x / (C(1) + math::exp(C(-2) * u));
   }
   template <class C>
-  DISTILL_FORCEINLINE static C df(C x, C) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C df(C x, C) {
     const C k = C(0.7978845608028654);
     const C u = k * (x + C(0.044715) * x * x * x);
     const C s = C(1) / (C(1) + math::exp(C(-2) * u));
@@ -99,22 +100,22 @@ struct GeluTanh {
 struct Rsqrt {
   static constexpr const char* name = "rsqrt";
   template <class C>
-  DISTILL_FORCEINLINE static C f(C x) {
-    return C(1) / std::sqrt(x);
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C f(C x) {
+    return C(1) / math::sqrt(x);
   }
   template <class C>
-  DISTILL_FORCEINLINE static C df(C, C y) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C df(C, C y) {
     return C(-0.5) * y * y * y;
   }
 };
 struct Square {
   static constexpr const char* name = "square";
   template <class C>
-  DISTILL_FORCEINLINE static C f(C x) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C f(C x) {
     return x * x;
   }
   template <class C>
-  DISTILL_FORCEINLINE static C df(C x, C) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C df(C x, C) {
     return C(2) * x;
   }
 };
@@ -122,60 +123,60 @@ struct Square {
 struct Add {
   static constexpr const char* name = "add";
   template <class C>
-  DISTILL_FORCEINLINE static C f(C a, C b) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C f(C a, C b) {
     return a + b;
   }
   template <class C>
-  DISTILL_FORCEINLINE static C da(C, C, C) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C da(C, C, C) {
     return C(1);
   }
   template <class C>
-  DISTILL_FORCEINLINE static C db(C, C, C) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C db(C, C, C) {
     return C(1);
   }
 };
 struct Sub {
   static constexpr const char* name = "sub";
   template <class C>
-  DISTILL_FORCEINLINE static C f(C a, C b) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C f(C a, C b) {
     return a - b;
   }
   template <class C>
-  DISTILL_FORCEINLINE static C da(C, C, C) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C da(C, C, C) {
     return C(1);
   }
   template <class C>
-  DISTILL_FORCEINLINE static C db(C, C, C) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C db(C, C, C) {
     return C(-1);
   }
 };
 struct Mul {
   static constexpr const char* name = "mul";
   template <class C>
-  DISTILL_FORCEINLINE static C f(C a, C b) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C f(C a, C b) {
     return a * b;
   }
   template <class C>
-  DISTILL_FORCEINLINE static C da(C, C b, C) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C da(C, C b, C) {
     return b;
   }
   template <class C>
-  DISTILL_FORCEINLINE static C db(C a, C, C) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C db(C a, C, C) {
     return a;
   }
 };
 struct Div {
   static constexpr const char* name = "div";
   template <class C>
-  DISTILL_FORCEINLINE static C f(C a, C b) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C f(C a, C b) {
     return a / b;
   }
   template <class C>
-  DISTILL_FORCEINLINE static C da(C, C b, C) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C da(C, C b, C) {
     return C(1) / b;
   }
   template <class C>
-  DISTILL_FORCEINLINE static C db(C, C b, C y) {
+  DISTILL_FORCEINLINE DISTILL_HOST_DEVICE static C db(C, C b, C y) {
     return -y / b;
   }
 };
