@@ -42,8 +42,8 @@ inline double copy_bandwidth_gbps(size_t bytes = size_t{256} << 20) {
   return 2.0 * static_cast<double>(bytes) / (ms * 1e-3) / 1e9;
 }
 
-inline void report(const std::string& kernel, const std::string& shape, double value, const char* unit,
-                   double ceiling, const char* ceiling_name) {
+inline void report(const std::string& kernel, const std::string& shape, double value, const char* unit, double ceiling,
+                   const char* ceiling_name) {
   const double pct = ceiling > 0 ? 100.0 * value / ceiling : 0.0;
   std::printf("RESULT|%s|%s|%.1f|%s|%.0f|%s\n", kernel.c_str(), shape.c_str(), value, unit, pct, ceiling_name);
   std::fflush(stdout);

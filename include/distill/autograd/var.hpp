@@ -24,11 +24,17 @@
 namespace distill::autograd {
 
 // dst += src (same shape; dst contiguous). The one accumulation primitive backward functions use.
+// On Cuda it is a precompiled kernel (kernels/elementwise.cu), so host-compiled code can run backward.
 template <class T, class D>
 void accumulate(const Tensor<T, D>& dst, const Tensor<T, D>& src) {
-  static_assert(std::is_same_v<D, Cpu>, "device accumulation comes with the CUDA backend");
   check_same_shape(dst.shape(), src.shape(), "accumulate");
-  expr::assign(dst, expr::make_node(dst) + expr::make_node(src));
+  if constexpr (std::is_same_v<D, Cpu>) {
+    expr::assign(dst, expr::make_node(dst) + expr::make_node(src));
+  } else {
+    DISTILL_CHECK(dst.is_contiguous(), "accumulate: the destination (a gradient buffer) must be contiguous");
+    const Tensor<T, D> s = src.contiguous();
+    cuda::add_into(dst.data(), s.data(), dst.numel());
+  }
 }
 
 inline uint64_t next_seq() {
@@ -246,7 +252,6 @@ class Var {
     DISTILL_CHECK(requires_grad(),
                   "backward() on a Var that does not require grad (no trainable input, a frozen "
                   "leaf, or created under NoGradGuard)");
-    static_assert(std::is_same_v<D, Cpu>, "device backward seeding comes with the CUDA backend");
     autograd::run_backward(n_, [&](autograd::Node&) { autograd::accumulate(n_->grad_buffer(), seed.contiguous()); });
   }
 
@@ -351,3 +356,8 @@ struct leaf_of<Var<T, D>> {
 }  // namespace expr
 
 }  // namespace distill
+
+// In CUDA translation units, element-wise expressions on Cuda compile into their own kernels.
+#if defined(__CUDACC__)
+#include "distill/cuda/expr.cuh"
+#endif

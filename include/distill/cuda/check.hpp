@@ -16,21 +16,31 @@ namespace distill::cuda {
 
 namespace detail {
 [[noreturn]] inline void throw_cuda(cudaError_t e, const char* stmt, const char* file, int line) {
-  throw Error(std::string(file) + ":" + std::to_string(line) + ": " + stmt + " failed: " + cudaGetErrorName(e) +
-              " (" + cudaGetErrorString(e) + ")");
+  throw Error(std::string(file) + ":" + std::to_string(line) + ": " + stmt + " failed: " + cudaGetErrorName(e) + " (" +
+              cudaGetErrorString(e) + ")");
 }
 inline const char* cublas_status_name(cublasStatus_t s) {
   switch (s) {
-    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
-    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
-    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
-    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE (a shape, stride or alignment it rejects)";
-    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
-    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
-    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
-    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
-    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED (no algorithm for this layout/dtype)";
-    default: return "CUBLAS_STATUS_?";
+    case CUBLAS_STATUS_SUCCESS:
+      return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED:
+      return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED:
+      return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE:
+      return "CUBLAS_STATUS_INVALID_VALUE (a shape, stride or alignment it rejects)";
+    case CUBLAS_STATUS_ARCH_MISMATCH:
+      return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR:
+      return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED:
+      return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR:
+      return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+      return "CUBLAS_STATUS_NOT_SUPPORTED (no algorithm for this layout/dtype)";
+    default:
+      return "CUBLAS_STATUS_?";
   }
 }
 [[noreturn]] inline void throw_cublas(cublasStatus_t s, const char* stmt, const char* file, int line) {
@@ -62,7 +72,10 @@ class DeviceBuffer {
   ~DeviceBuffer() {
     if (p_) device_free(p_);
   }
-  DeviceBuffer(DeviceBuffer&& o) noexcept : n_(o.n_), p_(o.p_) { o.p_ = nullptr; o.n_ = 0; }
+  DeviceBuffer(DeviceBuffer&& o) noexcept : n_(o.n_), p_(o.p_) {
+    o.p_ = nullptr;
+    o.n_ = 0;
+  }
   DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
     if (this != &o) {
       if (p_) device_free(p_);
@@ -85,17 +98,17 @@ class DeviceBuffer {
 
 }  // namespace distill::cuda
 
-#define DISTILL_CHECK_CUDA(stmt)                                                          \
-  do {                                                                                    \
-    cudaError_t distill_e_ = (stmt);                                                      \
+#define DISTILL_CHECK_CUDA(stmt)                                                                               \
+  do {                                                                                                         \
+    cudaError_t distill_e_ = (stmt);                                                                           \
     if (distill_e_ != cudaSuccess) ::distill::cuda::detail::throw_cuda(distill_e_, #stmt, __FILE__, __LINE__); \
   } while (0)
 
-#define DISTILL_CHECK_CUBLAS(stmt)                                                          \
-  do {                                                                                      \
-    cublasStatus_t distill_s_ = (stmt);                                                     \
-    if (distill_s_ != CUBLAS_STATUS_SUCCESS)                                                \
-      ::distill::cuda::detail::throw_cublas(distill_s_, #stmt, __FILE__, __LINE__);         \
+#define DISTILL_CHECK_CUBLAS(stmt)                                                  \
+  do {                                                                              \
+    cublasStatus_t distill_s_ = (stmt);                                             \
+    if (distill_s_ != CUBLAS_STATUS_SUCCESS)                                        \
+      ::distill::cuda::detail::throw_cublas(distill_s_, #stmt, __FILE__, __LINE__); \
   } while (0)
 
 // After a kernel launch: a bad configuration shows up here, named after the launch site.

@@ -37,10 +37,10 @@ void* device_malloc(size_t bytes);
 void device_free(void* p) noexcept;
 
 struct MemoryStats {
-  size_t current_bytes = 0;   // handed out now (requested sizes)
-  size_t peak_bytes = 0;      // max of current_bytes since start or reset_peak_memory()
-  size_t reserved_bytes = 0;  // held from cudaMalloc (in use + cached)
-  size_t cached_bytes = 0;    // held in the free lists
+  size_t current_bytes = 0;      // handed out now (requested sizes)
+  size_t peak_bytes = 0;         // max of current_bytes since start or reset_peak_memory()
+  size_t reserved_bytes = 0;     // held from cudaMalloc (in use + cached)
+  size_t cached_bytes = 0;       // held in the free lists
   uint64_t num_cuda_malloc = 0;  // cudaMalloc calls made so far (a steady-state loop adds none)
   uint64_t num_alloc = 0;        // device_malloc calls served
 };

@@ -82,24 +82,56 @@ DISTILL_TARGET_CLONES void backward_range(const E& x, const T* g, int64_t b, int
 }
 }  // namespace detail
 
+template <class>
+inline constexpr bool dependent_false_v = false;
+
+}  // namespace distill::expr
+
+#if defined(__CUDACC__)
+// Defined in distill/cuda/expr.cuh (included by autograd/var.hpp in CUDA translation units).
+namespace distill::cuda {
+template <class E, class T>
+void expr_assign(const Tensor<T, Cuda>& out, const E& e);
+template <class E, class T>
+void expr_backward(E e, const Tensor<T, Cuda>& g_out);
+}  // namespace distill::cuda
+#endif
+
+namespace distill::expr {
+
+#define DISTILL_EXPR_NEEDS_NVCC                                                                                 \
+  "evaluating an element-wise expression on Cuda compiles it into its own CUDA kernel: build this translation " \
+  "unit with nvcc (a .cu file linking distill::kernels); host-compiled code can use the precompiled ops "       \
+  "(distill/ops, autograd::accumulate, Tensor copies/casts/fills)"
+
 // out = e, element-wise, in one pass. `out` must be contiguous with e's shape.
 template <class E, class T, class D>
 void assign(const Tensor<T, D>& out, const E& e) {
-  static_assert(std::is_same_v<D, Cpu>,
-                "evaluating an expression on Cuda needs the CUDA backend's generated kernel (distill::kernels)");
   check_same_shape(out.shape(), e.out_shape(), "assign");
   DISTILL_CHECK(out.is_contiguous(), "assign: the destination must be contiguous");
   DISTILL_CHECK(!e.overlaps_other_view(out),
                 "assign: the destination overlaps an operand that is a different view of the same memory (a slice, "
                 "transpose or broadcast of it); evaluate into a new tensor with eval() first");
-  T* o = out.data();
-  detail::for_each_row(e, out.shape(), false, [&](const E& x, int64_t b, int64_t end, bool unit, int64_t base) {
-    if (unit)
-      detail::assign_range<true>(x, o, b, end, base);
-    else
-      detail::assign_range<false>(x, o, b, end, base);
-  });
+  if constexpr (std::is_same_v<D, Cuda>) {
+#if defined(__CUDACC__)
+    cuda::expr_assign(out, e);
+#else
+    static_assert(dependent_false_v<E>, DISTILL_EXPR_NEEDS_NVCC);
+#endif
+    return;
+  } else {
+    T* o = out.data();
+    detail::for_each_row(e, out.shape(), false, [&](const E& x, int64_t b, int64_t end, bool unit, int64_t base) {
+      if (unit)
+        detail::assign_range<true>(x, o, b, end, base);
+      else
+        detail::assign_range<false>(x, o, b, end, base);
+    });
+  }
 }
+
+template <class E, class T>
+void backward_pass_cpu(E e, const Tensor<T, Cpu>& g_out);
 
 // Fused backward: for every element, recompute the forward tree once (keeping intermediates) and push
 // g_out down to every leaf that wants a gradient. Leaves accumulate (+=) into their gradient buffers.
@@ -109,7 +141,19 @@ void assign(const Tensor<T, D>& out, const E& e) {
 // given thread count, and exact enough: summing thousands of terms in bf16, or 2^24 in f32, stalls).
 template <class E, class T, class D>
 void backward_pass(E e, const Tensor<T, D>& g_out) {
-  static_assert(std::is_same_v<D, Cpu>, "the CUDA backward pass comes from distill::kernels");
+  if constexpr (std::is_same_v<D, Cuda>) {
+#if defined(__CUDACC__)
+    cuda::expr_backward(std::move(e), g_out);
+#else
+    static_assert(dependent_false_v<E>, DISTILL_EXPR_NEEDS_NVCC);
+#endif
+  } else {
+    backward_pass_cpu(std::move(e), g_out);
+  }
+}
+
+template <class E, class T>
+void backward_pass_cpu(E e, const Tensor<T, Cpu>& g_out) {
   const Shape shape = e.out_shape();
   check_same_shape(shape, g_out.shape(), "backward");
   if (shape.numel() == 0) return;

@@ -1,6 +1,6 @@
 // Tensor<T, Device>: a strided view over shared, owning storage.
 // Views (slice, transpose, reshape of contiguous data) share storage with their source; `contiguous()`
-// and `clone()` copy. Element access and fills are host-only (Cpu).
+// and `clone()` copy. Element access is host-only (Cpu); copies, casts and fills run on either device.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -11,6 +11,7 @@
 
 #include "distill/core/dtype.hpp"
 #include "distill/core/parallel.hpp"
+#include "distill/cuda/elementwise.hpp"  // device copies, casts and fills (defined in kernels/)
 #include "distill/tensor/shape.hpp"
 #include "distill/tensor/storage.hpp"
 
@@ -58,9 +59,11 @@ class Tensor {
     return t;
   }
   static Tensor full(const Shape& shape, T v) {
-    static_assert(std::is_same_v<D, Cpu>, "full() fills on the host; create on Cpu and copy with to<Cuda>()");
     Tensor t = empty(shape);
-    std::fill_n(t.data_, shape.numel(), v);
+    if constexpr (std::is_same_v<D, Cpu>)
+      std::fill_n(t.data_, shape.numel(), v);
+    else
+      cuda::fill(t.data_, v, shape.numel());
     return t;
   }
   static Tensor from_vector(const Shape& shape, const std::vector<T>& v) {
@@ -72,8 +75,10 @@ class Tensor {
     return t;
   }
   // Uniform random values in [lo, hi) from a seeded generator (tests, benchmarks, init).
+  // On Cuda: the same values as on Cpu (drawn on the host, then copied).
   static Tensor uniform(const Shape& shape, uint64_t seed, double lo = -1.0, double hi = 1.0) {
     static_assert(is_floating_dtype_v<T>, "uniform() needs a floating dtype");
+    if constexpr (std::is_same_v<D, Cuda>) return Tensor<T, Cpu>::uniform(shape, seed, lo, hi).template to<Cuda>();
     Tensor t = empty(shape);
     std::mt19937_64 g(seed);
     std::uniform_real_distribution<double> u(lo, hi);
@@ -184,8 +189,11 @@ class Tensor {
         }
       });
     } else {
-      DISTILL_CHECK(is_contiguous() && src.is_contiguous(), "device copies need contiguous tensors");
-      cuda::memcpy_device_to_device(data_, src.data_, sizeof(T) * static_cast<size_t>(numel()));
+      if (numel() == 0) return;
+      if (is_contiguous() && src.is_contiguous())
+        cuda::memcpy_device_to_device(data_, src.data_, sizeof(T) * static_cast<size_t>(numel()));
+      else
+        cuda::strided_copy(data_, strides_, src.data_, src.strides_, shape_);
     }
   }
   void zero_() const {
@@ -196,13 +204,21 @@ class Tensor {
       else
         for (int64_t i = 0; i < numel(); ++i) flat(i) = T(0);
     } else {
-      DISTILL_CHECK(is_contiguous(), "zero_ on a device view needs contiguous data");
-      cuda::memset_device_zero(data_, sizeof(T) * static_cast<size_t>(numel()));
+      if (is_contiguous())
+        cuda::memset_device_zero(data_, sizeof(T) * static_cast<size_t>(numel()));
+      else
+        copy_from(Tensor::zeros(shape_));
     }
   }
   void fill_(T v) const {
-    static_assert(std::is_same_v<D, Cpu>, "fill_ is host-only");
-    for (int64_t i = 0; i < numel(); ++i) flat(i) = v;
+    if constexpr (std::is_same_v<D, Cpu>) {
+      for (int64_t i = 0; i < numel(); ++i) flat(i) = v;
+    } else {
+      if (is_contiguous())
+        cuda::fill(data_, v, numel());
+      else
+        copy_from(Tensor::full(shape_, v));
+    }
   }
   // Host <-> device copy (contiguous result).
   template <class D2>
@@ -220,16 +236,21 @@ class Tensor {
       return dst;
     }
   }
-  // dtype cast (host), rounding to nearest even for the 16-bit types.
+  // dtype cast, rounding to nearest even for the 16-bit types (f64 -> 16-bit rounds once, exactly), on
+  // the tensor's device.
   template <class U>
   Tensor<U, D> cast() const {
-    static_assert(std::is_same_v<D, Cpu>, "cast() runs on the host here; the CUDA backend adds a device cast");
     auto out = Tensor<U, D>::empty(shape_);
-    for (int64_t i = 0; i < numel(); ++i) {
-      if constexpr (std::is_same_v<T, double> && (std::is_same_v<U, bf16> || std::is_same_v<U, f16>))
-        out.data()[i] = static_cast<U>(detail::f64_to_f32_round_to_odd(flat(i)));  // then RNE: exact
-      else
-        out.data()[i] = static_cast<U>(static_cast<compute_t<U>>(to_compute<T>(flat(i))));
+    if constexpr (std::is_same_v<D, Cuda>) {
+      const Tensor src = contiguous();
+      cuda::cast<T, U>(out.data(), src.data_, numel());
+    } else {
+      for (int64_t i = 0; i < numel(); ++i) {
+        if constexpr (std::is_same_v<T, double> && (std::is_same_v<U, bf16> || std::is_same_v<U, f16>))
+          out.data()[i] = static_cast<U>(detail::f64_to_f32_round_to_odd(flat(i)));  // then RNE: exact
+        else
+          out.data()[i] = static_cast<U>(static_cast<compute_t<U>>(to_compute<T>(flat(i))));
+      }
     }
     return out;
   }

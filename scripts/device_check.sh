@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# ONE command for a machine with an NVIDIA GPU:
+#   scripts/device_check.sh <log-dir>
+# builds Distill for the GPU it finds (sm_90 on Hopper), runs the whole test suite with the CUDA cases
+# enabled, runs the GPU benchmarks (and PyTorch's SDPA beside ours when torch is installed), and ends with
+# a short table. Full logs land in <log-dir>. Budget: under 8 minutes on an H100 (16 cores).
+# Without system Eigen/doctest it uses .deps/prefix (scripts/stage_device_deps.sh stages it).
+set -uo pipefail
+LOG=${1:?usage: scripts/device_check.sh <log-dir>}
+mkdir -p "$LOG"
+LOG=$(cd "$LOG" && pwd)
+cd "$(dirname "$0")/.."
+export PATH=/usr/local/cuda/bin:$PATH
+T0=$(date +%s)
+elapsed() { echo $(($(date +%s) - T0)); }
+say() { echo "[device_check +$(elapsed)s] $*" | tee -a "$LOG/steps.log"; }
+status=0
+
+# --- 1. what machine is this --------------------------------------------------------------------------
+{
+  date -u
+  nvidia-smi 2>&1 || echo "nvidia-smi failed"
+  nvcc --version 2>&1 | tail -2
+  g++ --version 2>&1 | head -1
+  cmake --version 2>&1 | head -1
+  nproc
+} >"$LOG/env.txt" 2>&1
+CC=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
+GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+ARCH=${CC:-native}
+say "GPU: ${GPU:-none found} (compute capability ${CC:-?}); building for CMAKE_CUDA_ARCHITECTURES=$ARCH"
+
+# --- 2. configure and build ---------------------------------------------------------------------------
+EXTRA=()
+if [ ! -d /usr/include/eigen3 ] || [ ! -d /usr/include/doctest ]; then
+  if [ -d .deps/prefix ]; then
+    EXTRA+=("-DCMAKE_PREFIX_PATH=$PWD/.deps/prefix")
+    say "using staged dependencies in .deps/prefix"
+  else
+    say "Eigen/doctest missing and no .deps/prefix: run scripts/stage_device_deps.sh where they exist"
+  fi
+fi
+command -v ninja >/dev/null && GEN=(-G Ninja) || GEN=()
+B=build/device
+if ! cmake -S . -B $B "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DDISTILL_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
+  -DDISTILL_BUILD_TESTS=ON -DDISTILL_BUILD_BENCH=OFF -DDISTILL_BUILD_APPS=ON "${EXTRA[@]}" >"$LOG/configure.log" 2>&1; then
+  say "CONFIGURE FAILED (see configure.log)"
+  tail -30 "$LOG/configure.log"
+  exit 1
+fi
+say "configured"
+if ! timeout 330 cmake --build $B -j"$(nproc)" >"$LOG/build.log" 2>&1; then
+  say "BUILD FAILED (see build.log)"
+  grep -E "error|Error" "$LOG/build.log" | head -40
+  status=1
+fi
+say "built"
+
+# --- 3. tests (CUDA cases enabled) --------------------------------------------------------------------
+timeout 240 ctest --test-dir $B -j"$(nproc)" --output-on-failure --timeout 200 >"$LOG/ctest.log" 2>&1 || status=1
+say "tests done"
+grep -E "tests passed|tests failed|Skipped|Failed|\*\*\*" "$LOG/ctest.log" | tail -40
+
+# --- 4. GPU benchmarks ----------------------------------------------------------------------------------
+: >"$LOG/results.txt"
+for b in $B/bench/gpu_*; do
+  [ -x "$b" ] || continue
+  n=$(basename "$b")
+  timeout 120 "$b" >"$LOG/bench_$n.log" 2>&1 || echo "RESULT|$n|-|0|FAILED (exit $?)|0|-" >>"$LOG/results.txt"
+  grep -E '^(RESULT|CEILING)\|' "$LOG/bench_$n.log" >>"$LOG/results.txt"
+  say "benchmark $n done"
+done
+if python3 -c "import torch; assert torch.cuda.is_available()" >/dev/null 2>&1; then
+  PYTHONUNBUFFERED=1 timeout 120 python3 tools/bench_sdpa.py >"$LOG/bench_sdpa.log" 2>&1 || true
+  grep -E '^RESULT\|' "$LOG/bench_sdpa.log" >>"$LOG/results.txt"
+  say "PyTorch SDPA reference done"
+else
+  say "PyTorch with CUDA not found: no SDPA comparison"
+fi
+
+# --- 5. the table -------------------------------------------------------------------------------------
+{
+  echo "## device_check on ${GPU:-?} (sm_${CC:-?}), $(date -u +%F), $(elapsed) s"
+  echo
+  summary=$(grep -E "tests passed" "$LOG/ctest.log" | tail -1)
+  skipped=$(grep -c "\*\*\*Skipped" "$LOG/ctest.log")
+  echo "Tests: ${summary:-no summary (see ctest.log)}; skipped: $skipped"
+  grep -E "\(Failed\)|\*\*\*Failed|\*\*\*Timeout|\(SEGFAULT\)|\(Subprocess aborted\)" "$LOG/ctest.log" | sed 's/^/  FAILED: /'
+  echo
+  echo "| kernel | shape | value | unit | % of ceiling | ceiling |"
+  echo "| --- | --- | ---: | --- | ---: | --- |"
+  grep -E '^RESULT\|' "$LOG/results.txt" | sed -E 's/^RESULT\|//; s/\|/ | /g; s/^/| /; s/$/ |/'
+} >"$LOG/summary.md"
+cat "$LOG/summary.md"
+say "finished (status $status)"
+exit $status

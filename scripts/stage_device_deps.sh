@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Copies the header-only build dependencies (Eigen 3.4, doctest) from this machine into .deps/prefix, a
+# git-ignored CMake prefix that travels to a GPU machine with no package access (device tool: carry
+# [".deps"]). scripts/device_check.sh uses it when the machine lacks them. About 10 MB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+P=.deps/prefix
+rm -rf .deps && mkdir -p $P/include $P/share/eigen3/cmake $P/lib/cmake/doctest
+cp -r /usr/include/eigen3 $P/include/
+cp -r /usr/include/doctest $P/include/
+cp /usr/share/eigen3/cmake/Eigen3ConfigVersion.cmake $P/share/eigen3/cmake/
+cat > $P/share/eigen3/cmake/Eigen3Config.cmake <<'CFG'
+# Relocatable stand-in for Eigen's package config (staged by scripts/stage_device_deps.sh).
+get_filename_component(_eigen_prefix "${CMAKE_CURRENT_LIST_DIR}/../../.." ABSOLUTE)
+if(NOT TARGET Eigen3::Eigen)
+  add_library(Eigen3::Eigen INTERFACE IMPORTED)
+  set_target_properties(Eigen3::Eigen PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${_eigen_prefix}/include/eigen3")
+endif()
+set(EIGEN3_INCLUDE_DIR "${_eigen_prefix}/include/eigen3")
+set(Eigen3_FOUND TRUE)
+CFG
+cp /usr/lib/cmake/doctest/doctestConfigVersion.cmake /usr/lib/cmake/doctest/doctest.cmake \
+   /usr/lib/cmake/doctest/doctestAddTests.cmake $P/lib/cmake/doctest/
+cat > $P/lib/cmake/doctest/doctestConfig.cmake <<'CFG'
+# Relocatable stand-in for doctest's package config (staged by scripts/stage_device_deps.sh).
+get_filename_component(_doctest_prefix "${CMAKE_CURRENT_LIST_DIR}/../../.." ABSOLUTE)
+if(NOT TARGET doctest::doctest)
+  add_library(doctest::doctest INTERFACE IMPORTED)
+  set_target_properties(doctest::doctest PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${_doctest_prefix}/include")
+endif()
+set(doctest_FOUND TRUE)
+CFG
+grep -qx '/.deps/' .git/info/exclude 2>/dev/null || echo '/.deps/' >> .git/info/exclude
+du -sh .deps
