@@ -7,3 +7,4 @@
 #include "distill/core/nvtx.hpp"
 #include "distill/ops.hpp"
 #include "distill/tensor/tensor.hpp"
+#include "distill/train/adamw.hpp"

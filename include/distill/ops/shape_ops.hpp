@@ -7,6 +7,8 @@
 //   transpose(x, a, b)       a contiguous copy with axes a and b swapped; backward transposes back.
 // Shapes that do not fit throw distill::ShapeError naming the op and both shapes.
 // Backward functions accumulate into the parents' gradients, never overwrite.
+// Every op takes Var<T, Cpu> or Var<T, Cuda>. On Cuda they are views, Tensor::copy_from (strided device
+// copies) and autograd::accumulate: results and gradients equal the CPU's bit for bit.
 #pragma once
 #include <algorithm>
 #include <initializer_list>
@@ -16,6 +18,7 @@
 #include <vector>
 
 #include "distill/autograd/var.hpp"
+#include "distill/core/nvtx.hpp"
 #include "distill/core/parallel.hpp"
 
 namespace distill {
@@ -257,35 +260,79 @@ Tensor<T> transpose(const Tensor<T>& x, int a, int b) {
 }  // namespace cpu
 
 // ------------------------------------------------------------------------------------------------
-template <FloatingDtype T>
-Var<T> concat(const std::vector<Var<T>>& xs, int axis) {
-  DISTILL_CHECK(!xs.empty(), "concat: needs at least one input");
-  std::vector<Tensor<T>> vals;
-  std::vector<std::shared_ptr<autograd::Node>> parents;
-  for (const auto& x : xs) {
-    vals.push_back(x.value());
-    parents.push_back(x.node());
+// Device-generic pieces of the Cuda branches: views plus Tensor::copy_from (strided copies on the device) and
+// autograd::accumulate, so the Cuda results are the CPU's bit for bit (copies, and the same f32 additions).
+namespace detail::shape_ops {
+
+// view += src for a view (possibly strided: a slice of a gradient buffer) on Cuda. accumulate needs a
+// contiguous destination, so a strided view goes through a contiguous copy and back.
+template <class T>
+void add_into_view(const Tensor<T, Cuda>& view, const Tensor<T, Cuda>& src) {
+  check_same_shape(view.shape(), src.shape(), "scatter_add");
+  if (view.numel() == 0) return;
+  if (view.is_contiguous()) {
+    autograd::accumulate(view, src);
+    return;
   }
-  auto y = cpu::concat(vals, axis);
-  const int a = detail::shape_ops::norm_axis(y.shape(), axis, "concat");
-  return Var<T>::record("concat", y, std::move(parents), [xs, a](auto& self) {
+  const Tensor<T, Cuda> tmp = view.clone();
+  autograd::accumulate(tmp, src);
+  view.copy_from(tmp);
+}
+
+}  // namespace detail::shape_ops
+
+template <FloatingDtype T, class D = Cpu>
+Var<T, D> concat(const std::vector<Var<T, D>>& xs, int axis) {
+  DISTILL_CHECK(!xs.empty(), "concat: needs at least one input");
+  std::vector<std::shared_ptr<autograd::Node>> parents;
+  for (const auto& x : xs) parents.push_back(x.node());
+  if constexpr (std::is_same_v<D, Cpu>) {
+    std::vector<Tensor<T>> vals;
+    for (const auto& x : xs) vals.push_back(x.value());
+    auto y = cpu::concat(vals, axis);
+    const int a = detail::shape_ops::norm_axis(y.shape(), axis, "concat");
+    return Var<T>::record("concat", y, std::move(parents), [xs, a](auto& self) {
+      int64_t off = 0;
+      for (const auto& x : xs) {
+        if (x.requires_grad()) autograd::accumulate(x.grad_buffer(), cpu::narrow(self.grad, a, off, x.dim(a)));
+        off += x.dim(a);
+      }
+    });
+  } else {
+#ifndef DISTILL_WITH_CUDA
+    static_assert(expr::dependent_false_v<D>,
+                  "concat on Cuda needs the CUDA kernels: link distill::kernels (built when nvcc is found)");
+#endif
+    NvtxRange nvtx("concat");
+    namespace d = detail::shape_ops;
+    std::vector<Shape> shapes;
+    for (const auto& x : xs) shapes.push_back(x.shape());
+    auto y = Tensor<T, D>::empty(d::concat_shape(shapes, axis, "concat"));
+    const int a = d::norm_axis(y.shape(), axis, "concat");
     int64_t off = 0;
     for (const auto& x : xs) {
-      if (x.requires_grad()) autograd::accumulate(x.grad_buffer(), cpu::narrow(self.grad, a, off, x.dim(a)));
+      y.slice(a, off, off + x.dim(a)).copy_from(x.value());
       off += x.dim(a);
     }
-  });
+    return Var<T, D>::record("concat", y, std::move(parents), [xs, a](auto& self) {
+      int64_t off = 0;
+      for (const auto& x : xs) {
+        if (x.requires_grad()) autograd::accumulate(x.grad_buffer(), self.grad.slice(a, off, off + x.dim(a)));
+        off += x.dim(a);
+      }
+    });
+  }
 }
 
 // Braced form, deducing T: concat({a, b}, -1).
-template <FloatingDtype T>
-Var<T> concat(std::initializer_list<Var<T>> xs, int axis) {
-  return concat(std::vector<Var<T>>(xs), axis);
+template <FloatingDtype T, class D = Cpu>
+Var<T, D> concat(std::initializer_list<Var<T, D>> xs, int axis) {
+  return concat(std::vector<Var<T, D>>(xs), axis);
 }
 
 // Pieces of x along `axis` with the given extents (which must sum to x.dim(axis)).
-template <FloatingDtype T>
-std::vector<Var<T>> split(const Var<T>& x, const std::vector<int64_t>& sizes, int axis) {
+template <FloatingDtype T, class D>
+std::vector<Var<T, D>> split(const Var<T, D>& x, const std::vector<int64_t>& sizes, int axis) {
   namespace d = detail::shape_ops;
   const int a = d::norm_axis(x.shape(), axis, "split");
   int64_t total = 0;
@@ -297,40 +344,72 @@ std::vector<Var<T>> split(const Var<T>& x, const std::vector<int64_t>& sizes, in
   if (!ok || total != x.dim(a))
     throw ShapeError("split: sizes " + d::list_str(sizes) + " do not split axis " + std::to_string(a) + " of " +
                      x.shape().str() + " (extent " + std::to_string(x.dim(a)) + ")");
-  std::vector<Var<T>> out;
+  std::vector<Var<T, D>> out;
   int64_t off = 0;
-  for (int64_t s : sizes) {
-    out.push_back(Var<T>::record("split", cpu::narrow(x.value(), a, off, s), {x.node()}, [x, a, off](auto& self) {
-      if (x.requires_grad()) cpu::narrow_backward_accumulate(x.grad_buffer(), a, off, self.grad);
-    }));
-    off += s;
+  if constexpr (std::is_same_v<D, Cpu>) {
+    for (int64_t s : sizes) {
+      out.push_back(Var<T>::record("split", cpu::narrow(x.value(), a, off, s), {x.node()}, [x, a, off](auto& self) {
+        if (x.requires_grad()) cpu::narrow_backward_accumulate(x.grad_buffer(), a, off, self.grad);
+      }));
+      off += s;
+    }
+  } else {
+#ifndef DISTILL_WITH_CUDA
+    static_assert(expr::dependent_false_v<D>,
+                  "split on Cuda needs the CUDA kernels: link distill::kernels (built when nvcc is found)");
+#endif
+    NvtxRange nvtx("split");
+    for (int64_t s : sizes) {
+      auto piece = x.value().slice(a, off, off + s).clone();
+      out.push_back(Var<T, D>::record("split", piece, {x.node()}, [x, a, off](auto& self) {
+        if (x.requires_grad()) d::add_into_view(x.grad_buffer().slice(a, off, off + self.grad.dim(a)), self.grad);
+      }));
+      off += s;
+    }
   }
   return out;
 }
 
 // A view of x with shape s (same number of elements).
-template <FloatingDtype T>
-Var<T> reshape(const Var<T>& x, const Shape& s) {
+template <FloatingDtype T, class D>
+Var<T, D> reshape(const Var<T, D>& x, const Shape& s) {
   const Shape t = detail::shape_ops::resolve_reshape(x.shape(), s.begin(), s.rank(), "reshape");
-  return Var<T>::record("reshape", x.value().reshape(t), {x.node()}, [x](auto& self) {
+  if constexpr (std::is_same_v<D, Cuda>) {
+#ifndef DISTILL_WITH_CUDA
+    static_assert(expr::dependent_false_v<D>,
+                  "reshape on Cuda needs the CUDA kernels: link distill::kernels (built when nvcc is found)");
+#endif
+  }  // no NVTX range: a view launches nothing (its backward is one accumulate)
+  return Var<T, D>::record("reshape", x.value().reshape(t), {x.node()}, [x](auto& self) {
     if (x.requires_grad()) autograd::accumulate(x.grad_buffer(), self.grad.contiguous().reshape(x.shape()));
   });
 }
 // Braced form; one extent may be -1 (inferred): reshape(x, {B, -1}).
-template <FloatingDtype T>
-Var<T> reshape(const Var<T>& x, std::initializer_list<int64_t> dims) {
+template <FloatingDtype T, class D>
+Var<T, D> reshape(const Var<T, D>& x, std::initializer_list<int64_t> dims) {
   return reshape(x,
                  detail::shape_ops::resolve_reshape(x.shape(), dims.begin(), static_cast<int>(dims.size()), "reshape"));
 }
 
 // A contiguous copy of x with axes a and b swapped.
-template <FloatingDtype T>
-Var<T> transpose(const Var<T>& x, int a, int b) {
+template <FloatingDtype T, class D>
+Var<T, D> transpose(const Var<T, D>& x, int a, int b) {
   a = detail::shape_ops::norm_axis(x.shape(), a, "transpose");
   b = detail::shape_ops::norm_axis(x.shape(), b, "transpose");
-  return Var<T>::record("transpose", cpu::transpose(x.value(), a, b), {x.node()}, [x, a, b](auto& self) {
-    if (x.requires_grad()) autograd::accumulate(x.grad_buffer(), cpu::transpose(self.grad, a, b));
-  });
+  if constexpr (std::is_same_v<D, Cpu>) {
+    return Var<T>::record("transpose", cpu::transpose(x.value(), a, b), {x.node()}, [x, a, b](auto& self) {
+      if (x.requires_grad()) autograd::accumulate(x.grad_buffer(), cpu::transpose(self.grad, a, b));
+    });
+  } else {
+#ifndef DISTILL_WITH_CUDA
+    static_assert(expr::dependent_false_v<D>,
+                  "transpose on Cuda needs the CUDA kernels: link distill::kernels (built when nvcc is found)");
+#endif
+    NvtxRange nvtx("transpose");
+    return Var<T, D>::record("transpose", x.value().transpose(a, b).clone(), {x.node()}, [x, a, b](auto& self) {
+      if (x.requires_grad()) autograd::accumulate(x.grad_buffer(), self.grad.transpose(a, b));
+    });
+  }
 }
 
 }  // namespace distill
