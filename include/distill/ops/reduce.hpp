@@ -10,6 +10,9 @@
 //  - ref:: are plain loops accumulating in double (the truth); cpu:: computes in compute_t<T> with one
 //    row per task (parallel_for over rows), so results do not depend on the thread count.
 //  - cpu:: backward functions ACCUMULATE into `dx` (dx += ...); the two-argument forms return a fresh one.
+//  - cuda:: (with DISTILL_WITH_CUDA, i.e. linking distill::kernels) are the same functions on Tensor<T, Cuda>
+//    (f32, bf16, f16), with the same contract; kernels in kernels/reduce.cu (see distill/cuda/reduce.hpp).
+//  - The recorded ops (sum_last(Var), ...) run on the Var's device.
 #pragma once
 #include <cmath>
 #include <limits>
@@ -18,7 +21,11 @@
 #include <Eigen/Core>
 
 #include "distill/autograd/var.hpp"
+#include "distill/core/nvtx.hpp"
 #include "distill/core/parallel.hpp"
+#ifdef DISTILL_WITH_CUDA
+#include "distill/cuda/reduce.hpp"
+#endif
 
 namespace distill {
 
@@ -53,8 +60,8 @@ inline void add_into(T* dx, const C* v, int64_t n) {
   }
 }
 
-template <class T>
-inline void check_grad_target(const Tensor<T>& dx, const Shape& want, const char* op) {
+template <class T, class D>
+inline void check_grad_target(const Tensor<T, D>& dx, const Shape& want, const char* op) {
   check_same_shape(dx.shape(), want, op);
   DISTILL_CHECK(dx.is_contiguous(), op, ": the gradient buffer must be contiguous");
 }
@@ -71,12 +78,9 @@ int64_t first_argmax_ref(const T* row, int64_t K) {
   return best;
 }
 
-template <class D>
-inline void require_cpu(const char* /*op*/) {
-  static_assert(std::is_same_v<D, Cpu>,
-                "this op runs on the CPU only for now; the CUDA path comes with the "
-                "CUDA backend (copy the Var's value to Cpu first)");
-}
+// The static_assert of a Cuda branch compiled without the kernels (dependent, so it fires only when used).
+template <class T>
+inline constexpr bool needs_cuda_kernels_v = false;
 }  // namespace detail::rowwise
 
 // ------------------------------------------------------------------------------------------------------
@@ -168,7 +172,17 @@ Tensor<T> max_last_backward(const Tensor<T>& x, const Tensor<T>& g) {
 }  // namespace ref
 
 // ------------------------------------------------------------------------------------------------------
+// The row maxima and the index of each row's first argmax (what the backward needs), on device D.
+template <FloatingDtype T, class D = Cpu>
+struct MaxLast {
+  Tensor<T, D> values;         // [...]
+  Tensor<int64_t, D> indices;  // [...]
+};
+
+// ------------------------------------------------------------------------------------------------------
 namespace cpu {
+
+using distill::MaxLast;
 
 template <FloatingDtype T>
 Tensor<T> sum_last(const Tensor<T>& x) {
@@ -198,13 +212,6 @@ Tensor<T> mean_last(const Tensor<T>& x) {
   });
   return y;
 }
-
-// The row maxima and the index of each row's first argmax (what the backward needs).
-template <FloatingDtype T>
-struct MaxLast {
-  Tensor<T> values;         // [...]
-  Tensor<int64_t> indices;  // [...]
-};
 
 template <FloatingDtype T>
 MaxLast<T> max_last_with_indices(const Tensor<T>& x) {
@@ -334,43 +341,209 @@ void sum_all_backward(const Tensor<T>& g, const Tensor<T>& dx) {
 }  // namespace cpu
 
 // ------------------------------------------------------------------------------------------------------
-// Recorded ops.
+// The same functions on the GPU (kernels/reduce.cu), for f32, bf16 and f16.
+#ifdef DISTILL_WITH_CUDA
+namespace cuda {
+
+// The dtypes the kernels are instantiated for.
+template <class T>
+inline constexpr bool kernel_dtype_v = std::is_same_v<T, float> || std::is_same_v<T, bf16> || std::is_same_v<T, f16>;
+
+template <FloatingDtype T>
+Tensor<T, Cuda> sum_last(const Tensor<T, Cuda>& x) {
+  static_assert(kernel_dtype_v<T>, "the CUDA reductions serve f32, bf16 and f16; f64 stays on the CPU");
+  const Shape os = distill::detail::rowwise::reduce_last_shape(x.shape(), "sum_last");
+  const int64_t K = x.shape().back(), R = os.numel();
+  if (K == 0) return Tensor<T, Cuda>::zeros(os);
+  const Tensor<T, Cuda> xc = x.contiguous();
+  auto y = Tensor<T, Cuda>::empty(os);  // [...]
+  sum_last_rows(xc.data(), y.data(), R, K, /*mean=*/false);
+  return y;
+}
+
+template <FloatingDtype T>
+Tensor<T, Cuda> mean_last(const Tensor<T, Cuda>& x) {
+  static_assert(kernel_dtype_v<T>, "the CUDA reductions serve f32, bf16 and f16; f64 stays on the CPU");
+  const Shape os = distill::detail::rowwise::reduce_last_shape(x.shape(), "mean_last");
+  const int64_t K = x.shape().back(), R = os.numel();
+  if (K == 0) return Tensor<T, Cuda>::full(os, static_cast<T>(std::numeric_limits<float>::quiet_NaN()));  // 0/0
+  const Tensor<T, Cuda> xc = x.contiguous();
+  auto y = Tensor<T, Cuda>::empty(os);
+  sum_last_rows(xc.data(), y.data(), R, K, /*mean=*/true);
+  return y;
+}
+
+template <FloatingDtype T>
+MaxLast<T, Cuda> max_last_with_indices(const Tensor<T, Cuda>& x) {
+  static_assert(kernel_dtype_v<T>, "the CUDA reductions serve f32, bf16 and f16; f64 stays on the CPU");
+  const Shape os = distill::detail::rowwise::reduce_last_shape(x.shape(), "max_last");
+  const int64_t K = x.shape().back(), R = os.numel();
+  DISTILL_CHECK(K > 0 || R == 0, "max_last: cannot take the max over an empty last axis (shape ", x.shape().str(), ")");
+  const Tensor<T, Cuda> xc = x.contiguous();
+  MaxLast<T, Cuda> out{Tensor<T, Cuda>::empty(os), Tensor<int64_t, Cuda>::empty(os)};
+  max_last_rows(xc.data(), out.values.data(), out.indices.data(), R, K);
+  return out;
+}
+
+template <FloatingDtype T>
+Tensor<T, Cuda> max_last(const Tensor<T, Cuda>& x) {
+  return cuda::max_last_with_indices(x).values;
+}
+
+// Fixed partials, then one block adding them in f64: the same bits on every run.
+template <FloatingDtype T>
+Tensor<T, Cuda> sum_all(const Tensor<T, Cuda>& x) {
+  static_assert(kernel_dtype_v<T>, "the CUDA reductions serve f32, bf16 and f16; f64 stays on the CPU");
+  const Tensor<T, Cuda> xc = x.contiguous();
+  auto y = Tensor<T, Cuda>::empty(Shape());
+  sum_all_flat(xc.data(), y.data(), xc.numel());
+  return y;
+}
+
+// dx[..., k] += g[...] * scale for every k (sum: scale 1, mean: scale 1/K).
+template <FloatingDtype T>
+void sum_last_backward(const Tensor<T, Cuda>& g, const Tensor<T, Cuda>& dx, double scale = 1.0) {
+  static_assert(kernel_dtype_v<T>, "the CUDA reductions serve f32, bf16 and f16; f64 stays on the CPU");
+  const Shape os = distill::detail::rowwise::reduce_last_shape(dx.shape(), "sum_last_backward");
+  check_same_shape(g.shape(), os, "sum_last_backward");
+  distill::detail::rowwise::check_grad_target(dx, dx.shape(), "sum_last_backward");
+  const Tensor<T, Cuda> gc = g.contiguous();
+  sum_last_backward_rows(gc.data(), dx.data(), os.numel(), dx.shape().back(), scale);
+}
+template <FloatingDtype T>
+Tensor<T, Cuda> sum_last_backward(const Tensor<T, Cuda>& g, const Shape& x_shape) {
+  auto dx = Tensor<T, Cuda>::zeros(x_shape);
+  cuda::sum_last_backward(g, dx);
+  return dx;
+}
+
+template <FloatingDtype T>
+void mean_last_backward(const Tensor<T, Cuda>& g, const Tensor<T, Cuda>& dx) {
+  cuda::sum_last_backward(g, dx, 1.0 / static_cast<double>(dx.shape().back()));
+}
+template <FloatingDtype T>
+Tensor<T, Cuda> mean_last_backward(const Tensor<T, Cuda>& g, const Shape& x_shape) {
+  auto dx = Tensor<T, Cuda>::zeros(x_shape);
+  cuda::mean_last_backward(g, dx);
+  return dx;
+}
+
+// dx[..., indices[...]] += g[...].
+template <FloatingDtype T>
+void max_last_backward(const Tensor<int64_t, Cuda>& indices, const Tensor<T, Cuda>& g, const Tensor<T, Cuda>& dx) {
+  static_assert(kernel_dtype_v<T>, "the CUDA reductions serve f32, bf16 and f16; f64 stays on the CPU");
+  const Shape os = distill::detail::rowwise::reduce_last_shape(dx.shape(), "max_last_backward");
+  check_same_shape(g.shape(), os, "max_last_backward");
+  check_same_shape(indices.shape(), os, "max_last_backward (indices)");
+  distill::detail::rowwise::check_grad_target(dx, dx.shape(), "max_last_backward");
+  const Tensor<T, Cuda> gc = g.contiguous();
+  const Tensor<int64_t, Cuda> ic = indices.contiguous();
+  max_last_backward_rows(ic.data(), gc.data(), dx.data(), os.numel(), dx.shape().back());
+}
+template <FloatingDtype T>
+Tensor<T, Cuda> max_last_backward(const Tensor<int64_t, Cuda>& indices, const Tensor<T, Cuda>& g,
+                                  const Shape& x_shape) {
+  auto dx = Tensor<T, Cuda>::zeros(x_shape);
+  cuda::max_last_backward(indices, g, dx);
+  return dx;
+}
+
+// dx += g (one element, read on the device) everywhere.
+template <FloatingDtype T>
+void sum_all_backward(const Tensor<T, Cuda>& g, const Tensor<T, Cuda>& dx) {
+  static_assert(kernel_dtype_v<T>, "the CUDA reductions serve f32, bf16 and f16; f64 stays on the CPU");
+  DISTILL_CHECK(g.numel() == 1, "sum_all_backward: the upstream gradient must have one element, got ", g.shape().str());
+  distill::detail::rowwise::check_grad_target(dx, dx.shape(), "sum_all_backward");
+  const Tensor<T, Cuda> gc = g.contiguous();
+  sum_all_backward_flat(gc.data(), dx.data(), dx.numel());
+}
+
+}  // namespace cuda
+#endif  // DISTILL_WITH_CUDA
+
+// ------------------------------------------------------------------------------------------------------
+// Recorded ops, on the Var's device.
 
 // [..., K] -> [...]
 template <FloatingDtype T, class D>
 Var<T, D> sum_last(const Var<T, D>& x) {
-  detail::rowwise::require_cpu<D>("sum_last");
-  return Var<T, D>::record("sum_last", cpu::sum_last(x.value()), {x.node()}, [x](auto& self) {
-    if (x.requires_grad()) cpu::sum_last_backward(self.grad, x.grad_buffer());
-  });
+  if constexpr (std::is_same_v<D, Cuda>) {
+#ifdef DISTILL_WITH_CUDA
+    NvtxRange nvtx("sum_last");
+    return Var<T, D>::record("sum_last", cuda::sum_last(x.value()), {x.node()}, [x](auto& self) {
+      if (x.requires_grad()) cuda::sum_last_backward(self.grad, x.grad_buffer());
+    });
+#else
+    static_assert(detail::rowwise::needs_cuda_kernels_v<T>,
+                  "sum_last on Cuda needs the CUDA kernels: link distill::kernels (built when nvcc is found)");
+#endif
+  } else {
+    return Var<T, D>::record("sum_last", cpu::sum_last(x.value()), {x.node()}, [x](auto& self) {
+      if (x.requires_grad()) cpu::sum_last_backward(self.grad, x.grad_buffer());
+    });
+  }
 }
 
 // [..., K] -> [...]
 template <FloatingDtype T, class D>
 Var<T, D> mean_last(const Var<T, D>& x) {
-  detail::rowwise::require_cpu<D>("mean_last");
-  return Var<T, D>::record("mean_last", cpu::mean_last(x.value()), {x.node()}, [x](auto& self) {
-    if (x.requires_grad()) cpu::mean_last_backward(self.grad, x.grad_buffer());
-  });
+  if constexpr (std::is_same_v<D, Cuda>) {
+#ifdef DISTILL_WITH_CUDA
+    NvtxRange nvtx("mean_last");
+    return Var<T, D>::record("mean_last", cuda::mean_last(x.value()), {x.node()}, [x](auto& self) {
+      if (x.requires_grad()) cuda::mean_last_backward(self.grad, x.grad_buffer());
+    });
+#else
+    static_assert(detail::rowwise::needs_cuda_kernels_v<T>,
+                  "mean_last on Cuda needs the CUDA kernels: link distill::kernels (built when nvcc is found)");
+#endif
+  } else {
+    return Var<T, D>::record("mean_last", cpu::mean_last(x.value()), {x.node()}, [x](auto& self) {
+      if (x.requires_grad()) cpu::mean_last_backward(self.grad, x.grad_buffer());
+    });
+  }
 }
 
 // [..., K] -> [...]; the gradient goes to each row's first argmax.
 template <FloatingDtype T, class D>
 Var<T, D> max_last(const Var<T, D>& x) {
-  detail::rowwise::require_cpu<D>("max_last");
-  auto m = cpu::max_last_with_indices(x.value());
-  return Var<T, D>::record("max_last", m.values, {x.node()}, [x, idx = m.indices](auto& self) {
-    if (x.requires_grad()) cpu::max_last_backward(idx, self.grad, x.grad_buffer());
-  });
+  if constexpr (std::is_same_v<D, Cuda>) {
+#ifdef DISTILL_WITH_CUDA
+    NvtxRange nvtx("max_last");
+    auto m = cuda::max_last_with_indices(x.value());
+    return Var<T, D>::record("max_last", m.values, {x.node()}, [x, idx = m.indices](auto& self) {
+      if (x.requires_grad()) cuda::max_last_backward(idx, self.grad, x.grad_buffer());
+    });
+#else
+    static_assert(detail::rowwise::needs_cuda_kernels_v<T>,
+                  "max_last on Cuda needs the CUDA kernels: link distill::kernels (built when nvcc is found)");
+#endif
+  } else {
+    auto m = cpu::max_last_with_indices(x.value());
+    return Var<T, D>::record("max_last", m.values, {x.node()}, [x, idx = m.indices](auto& self) {
+      if (x.requires_grad()) cpu::max_last_backward(idx, self.grad, x.grad_buffer());
+    });
+  }
 }
 
 // any shape -> [] (one element)
 template <FloatingDtype T, class D>
 Var<T, D> sum_all(const Var<T, D>& x) {
-  detail::rowwise::require_cpu<D>("sum_all");
-  return Var<T, D>::record("sum_all", cpu::sum_all(x.value()), {x.node()}, [x](auto& self) {
-    if (x.requires_grad()) cpu::sum_all_backward(self.grad, x.grad_buffer());
-  });
+  if constexpr (std::is_same_v<D, Cuda>) {
+#ifdef DISTILL_WITH_CUDA
+    NvtxRange nvtx("sum_all");
+    return Var<T, D>::record("sum_all", cuda::sum_all(x.value()), {x.node()}, [x](auto& self) {
+      if (x.requires_grad()) cuda::sum_all_backward(self.grad, x.grad_buffer());
+    });
+#else
+    static_assert(detail::rowwise::needs_cuda_kernels_v<T>,
+                  "sum_all on Cuda needs the CUDA kernels: link distill::kernels (built when nvcc is found)");
+#endif
+  } else {
+    return Var<T, D>::record("sum_all", cpu::sum_all(x.value()), {x.node()}, [x](auto& self) {
+      if (x.requires_grad()) cpu::sum_all_backward(self.grad, x.grad_buffer());
+    });
+  }
 }
 
 // The same ops applied to an element-wise expression (evaluated, and recorded, first).

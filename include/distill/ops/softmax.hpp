@@ -10,12 +10,18 @@
 //  - ref:: are plain loops in double (the truth); cpu:: computes in compute_t<T> (float for bf16/f16), one row
 //    per task (parallel_for over rows), with Eigen's vectorized exp.
 //  - cpu:: backward functions ACCUMULATE into `dx` (dx += ...); the two-argument forms return a fresh one.
+//  - cuda:: (with DISTILL_WITH_CUDA, i.e. linking distill::kernels) are the same functions on Tensor<T, Cuda>
+//    (f32, bf16, f16) with the same contract; kernels in kernels/softmax.cu (see distill/cuda/softmax.hpp).
+//  - The recorded ops (softmax(Var), log_softmax(Var)) run on the Var's device.
 #pragma once
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "distill/ops/reduce.hpp"
+#ifdef DISTILL_WITH_CUDA
+#include "distill/cuda/softmax.hpp"
+#endif
 
 namespace distill {
 
@@ -220,26 +226,115 @@ Tensor<T> log_softmax_backward(const Tensor<T>& y, const Tensor<T>& g) {
 }  // namespace cpu
 
 // ------------------------------------------------------------------------------------------------------
-// Recorded ops. Both save only their output y for backward.
+// The same functions on the GPU (kernels/softmax.cu), for f32, bf16 and f16.
+#ifdef DISTILL_WITH_CUDA
+namespace cuda {
+
+namespace softmax_detail {
+template <bool Log, class T>
+Tensor<T, Cuda> forward(const Tensor<T, Cuda>& x, const char* op) {
+  static_assert(kernel_dtype_v<T>, "the CUDA softmax serves f32, bf16 and f16; f64 stays on the CPU");
+  distill::detail::rowwise::softmax_shape(x.shape(), op);
+  const Tensor<T, Cuda> xc = x.contiguous();
+  const int64_t K = x.shape().back(), R = K ? xc.numel() / K : 0;
+  auto y = Tensor<T, Cuda>::empty(x.shape());
+  softmax_rows(xc.data(), y.data(), R, K, Log);
+  return y;
+}
+
+template <bool Log, class T>
+void backward(const Tensor<T, Cuda>& y, const Tensor<T, Cuda>& g, const Tensor<T, Cuda>& dx, const char* op) {
+  static_assert(kernel_dtype_v<T>, "the CUDA softmax serves f32, bf16 and f16; f64 stays on the CPU");
+  distill::detail::rowwise::softmax_shape(y.shape(), op);
+  check_same_shape(y.shape(), g.shape(), op);
+  distill::detail::rowwise::check_grad_target(dx, y.shape(), op);
+  const Tensor<T, Cuda> yc = y.contiguous(), gc = g.contiguous();
+  const int64_t K = y.shape().back(), R = K ? yc.numel() / K : 0;
+  softmax_backward_rows(yc.data(), gc.data(), dx.data(), R, K, Log);
+}
+}  // namespace softmax_detail
+
+template <FloatingDtype T>
+Tensor<T, Cuda> softmax(const Tensor<T, Cuda>& x) {
+  return softmax_detail::forward<false>(x, "softmax");
+}
+template <FloatingDtype T>
+Tensor<T, Cuda> log_softmax(const Tensor<T, Cuda>& x) {
+  return softmax_detail::forward<true>(x, "log_softmax");
+}
+
+// dx += y * (g - sum(g * y)), from the softmax output y.
+template <FloatingDtype T>
+void softmax_backward(const Tensor<T, Cuda>& y, const Tensor<T, Cuda>& g, const Tensor<T, Cuda>& dx) {
+  softmax_detail::backward<false>(y, g, dx, "softmax_backward");
+}
+template <FloatingDtype T>
+Tensor<T, Cuda> softmax_backward(const Tensor<T, Cuda>& y, const Tensor<T, Cuda>& g) {
+  auto dx = Tensor<T, Cuda>::zeros(y.shape());
+  cuda::softmax_backward(y, g, dx);
+  return dx;
+}
+
+// dx += g - exp(y) * sum(g), from the log_softmax output y.
+template <FloatingDtype T>
+void log_softmax_backward(const Tensor<T, Cuda>& y, const Tensor<T, Cuda>& g, const Tensor<T, Cuda>& dx) {
+  softmax_detail::backward<true>(y, g, dx, "log_softmax_backward");
+}
+template <FloatingDtype T>
+Tensor<T, Cuda> log_softmax_backward(const Tensor<T, Cuda>& y, const Tensor<T, Cuda>& g) {
+  auto dx = Tensor<T, Cuda>::zeros(y.shape());
+  cuda::log_softmax_backward(y, g, dx);
+  return dx;
+}
+
+}  // namespace cuda
+#endif  // DISTILL_WITH_CUDA
+
+// ------------------------------------------------------------------------------------------------------
+// Recorded ops, on the Var's device. Both save only their output y for backward.
 
 // [..., K] -> [..., K]
 template <FloatingDtype T, class D>
 Var<T, D> softmax(const Var<T, D>& x) {
-  detail::rowwise::require_cpu<D>("softmax");
-  Tensor<T, D> y = cpu::softmax(x.value());
-  return Var<T, D>::record("softmax", y, {x.node()}, [x, y](auto& self) {
-    if (x.requires_grad()) cpu::softmax_backward(y, self.grad, x.grad_buffer());
-  });
+  if constexpr (std::is_same_v<D, Cuda>) {
+#ifdef DISTILL_WITH_CUDA
+    NvtxRange nvtx("softmax");
+    Tensor<T, D> y = cuda::softmax(x.value());
+    return Var<T, D>::record("softmax", y, {x.node()}, [x, y](auto& self) {
+      if (x.requires_grad()) cuda::softmax_backward(y, self.grad, x.grad_buffer());
+    });
+#else
+    static_assert(detail::rowwise::needs_cuda_kernels_v<T>,
+                  "softmax on Cuda needs the CUDA kernels: link distill::kernels (built when nvcc is found)");
+#endif
+  } else {
+    Tensor<T, D> y = cpu::softmax(x.value());
+    return Var<T, D>::record("softmax", y, {x.node()}, [x, y](auto& self) {
+      if (x.requires_grad()) cpu::softmax_backward(y, self.grad, x.grad_buffer());
+    });
+  }
 }
 
 // [..., K] -> [..., K]
 template <FloatingDtype T, class D>
 Var<T, D> log_softmax(const Var<T, D>& x) {
-  detail::rowwise::require_cpu<D>("log_softmax");
-  Tensor<T, D> y = cpu::log_softmax(x.value());
-  return Var<T, D>::record("log_softmax", y, {x.node()}, [x, y](auto& self) {
-    if (x.requires_grad()) cpu::log_softmax_backward(y, self.grad, x.grad_buffer());
-  });
+  if constexpr (std::is_same_v<D, Cuda>) {
+#ifdef DISTILL_WITH_CUDA
+    NvtxRange nvtx("log_softmax");
+    Tensor<T, D> y = cuda::log_softmax(x.value());
+    return Var<T, D>::record("log_softmax", y, {x.node()}, [x, y](auto& self) {
+      if (x.requires_grad()) cuda::log_softmax_backward(y, self.grad, x.grad_buffer());
+    });
+#else
+    static_assert(detail::rowwise::needs_cuda_kernels_v<T>,
+                  "log_softmax on Cuda needs the CUDA kernels: link distill::kernels (built when nvcc is found)");
+#endif
+  } else {
+    Tensor<T, D> y = cpu::log_softmax(x.value());
+    return Var<T, D>::record("log_softmax", y, {x.node()}, [x, y](auto& self) {
+      if (x.requires_grad()) cpu::log_softmax_backward(y, self.grad, x.grad_buffer());
+    });
+  }
 }
 
 // The same ops applied to an element-wise expression (evaluated, and recorded, first).
