@@ -5,12 +5,18 @@
 // ref:: is a plain triple loop accumulating in double; cpu:: maps each batch onto Eigen's GEMM (with
 // OpenMP across batches, or inside Eigen for a single large product). 16-bit inputs compute in f32.
 // Backward: dop(A) = dC · op(B)ᵀ, dop(B) = op(A)ᵀ · dC; a shared B sums its gradient over the batch.
+// On Cuda (built with distill::kernels) the recorded op runs cuda::matmul forward and cuda::gemm backward
+// (include/distill/cuda/matmul.hpp), adding the gradients straight into the gradient buffers (beta = 1).
 #pragma once
 #include <Eigen/Core>
 #include <vector>
 
 #include "distill/autograd/var.hpp"
 #include "distill/core/parallel.hpp"
+#ifdef DISTILL_WITH_CUDA
+#include "distill/core/nvtx.hpp"
+#include "distill/cuda/matmul.hpp"
+#endif
 
 namespace distill {
 
@@ -238,16 +244,92 @@ std::pair<Tensor<T>, Tensor<T>> matmul_backward(const Tensor<T>& a, const Tensor
 }
 }  // namespace ref
 
-// The recorded op.
-template <FloatingDtype T>
-Var<T> matmul(const Var<T>& a, const Var<T>& b, bool trans_a = false, bool trans_b = false) {
-  auto c = cpu::matmul(a.value(), b.value(), trans_a, trans_b);
-  return Var<T>::record("matmul", c, {a.node(), b.node()}, [a, b, trans_a, trans_b](auto& self) {
-    auto [da, db] =
-        cpu::matmul_backward(a.value(), b.value(), self.grad, trans_a, trans_b, a.requires_grad(), b.requires_grad());
-    if (a.requires_grad()) autograd::accumulate(a.grad_buffer(), da);
-    if (b.requires_grad()) autograd::accumulate(b.grad_buffer(), db);
-  });
+#ifdef DISTILL_WITH_CUDA
+namespace detail {
+// Gradients of C = op(A)·op(B) on the GPU from dC, written as out = grad + beta·out into `da` / `db`
+// (contiguous, of A's / B's shape; null = not needed): beta = 1 adds into existing gradient buffers.
+// Every product is one cuda::gemm (f32 accumulation, one rounding); a shared B sums over the batch inside
+// the GEMM (the batch folded into the reduction), never through a 16-bit running sum.
+template <class T>
+void matmul_backward_cuda(const Tensor<T, Cuda>& a0, const Tensor<T, Cuda>& b0, const Tensor<T, Cuda>& dc0, bool ta,
+                          bool tb, const Tensor<T, Cuda>* da, float beta_a, const Tensor<T, Cuda>* db, float beta_b) {
+  const auto d = matmul_dims(a0.shape(), b0.shape(), ta, tb);
+  const Tensor<T, Cuda> a = a0.contiguous(), b = b0.contiguous(), dc = dc0.contiguous();
+  const int64_t M = d.M, N = d.N, K = d.K, P = d.batch;
+  const int64_t lda = ta ? M : K, ldb = tb ? K : N;  // row lengths of the stored A and B
+  const int64_t sa = M * K, sb = d.b_shared ? 0 : K * N, sc = M * N;
+  if (da) {
+    if (!ta && d.b_shared)  // dA[P*M, K] = dC[P*M, N] · op(B)ᵀ
+      cuda::gemm(dc.data(), N, false, b.data(), ldb, !tb, da->data(), K, P * M, K, N, 1, 0, 0, 0, 1.f, beta_a);
+    else if (!ta)  // dA[M, K] = dC[M, N] · op(B)ᵀ per batch
+      cuda::gemm(dc.data(), N, false, b.data(), ldb, !tb, da->data(), K, M, K, N, P, sc, sb, sa, 1.f, beta_a);
+    else  // dA[K, M] = op(B)[K, N] · dCᵀ[N, M] per batch (stride 0 for a shared B)
+      cuda::gemm(b.data(), ldb, tb, dc.data(), N, true, da->data(), M, K, M, N, P, sb, sc, sa, 1.f, beta_a);
+  }
+  if (db) {
+    if (!d.b_shared) {
+      if (!tb)  // dB[K, N] = op(A)ᵀ[K, M] · dC[M, N]
+        cuda::gemm(a.data(), lda, !ta, dc.data(), N, false, db->data(), N, K, N, M, P, sa, sc, sb, 1.f, beta_b);
+      else  // dB[N, K] = dCᵀ[N, M] · op(A)[M, K]
+        cuda::gemm(dc.data(), N, true, a.data(), lda, ta, db->data(), K, N, K, M, P, sc, sa, sb, 1.f, beta_b);
+    } else {
+      // Sum over the batch = a reduction over R = P*M rows of op(A) stacked [R, K]: stored as A itself
+      // ([P*M, K]), or with trans_a as A's batch moved inside ([K, P, M] contiguous = [K, R], transposed).
+      const int64_t R = P * M;
+      const Tensor<T, Cuda> af = ta ? a.reshape({P, K, M}).transpose(0, 1).contiguous() : a;
+      const int64_t ldf = ta ? R : K;
+      if (!tb)  // dB[K, N] = op(A)ᵀ[K, R] · dC[R, N]
+        cuda::gemm(af.data(), ldf, !ta, dc.data(), N, false, db->data(), N, K, N, R, 1, 0, 0, 0, 1.f, beta_b);
+      else  // dB[N, K] = dCᵀ[N, R] · op(A)[R, K]
+        cuda::gemm(dc.data(), N, true, af.data(), ldf, ta, db->data(), K, N, K, R, 1, 0, 0, 0, 1.f, beta_b);
+    }
+  }
+}
+}  // namespace detail
+#endif
+
+// The recorded op. On Cuda: cuBLASLt forward, and a backward that adds each gradient into its buffer
+// within the GEMM (beta = 1) when the buffer is contiguous (else through a temporary and accumulate).
+template <FloatingDtype T, class D>
+Var<T, D> matmul(const Var<T, D>& a, const Var<T, D>& b, bool trans_a = false, bool trans_b = false) {
+  if constexpr (std::is_same_v<D, Cuda>) {
+#ifdef DISTILL_WITH_CUDA
+    static_assert(!std::is_same_v<T, double>, "matmul on Cuda takes f32, bf16 or f16 (f64 stays on the CPU)");
+    NvtxRange nvtx("matmul");
+    auto c = cuda::matmul(a.value(), b.value(), trans_a, trans_b);
+    return Var<T, D>::record("matmul", c, {a.node(), b.node()}, [a, b, trans_a, trans_b](auto& self) {
+      NvtxRange nvtx_bw("matmul_backward");
+      // Where each gradient goes: its buffer itself (beta = 1), or a temporary added afterwards.
+      auto target = [](const Var<T, D>& v, Tensor<T, D>& out, float& beta) {
+        out = v.grad_buffer();
+        beta = 1.f;
+        if (!out.is_contiguous()) {
+          out = Tensor<T, D>::empty(v.shape());
+          beta = 0.f;
+        }
+      };
+      Tensor<T, D> da, db;
+      float beta_a = 1.f, beta_b = 1.f;
+      if (a.requires_grad()) target(a, da, beta_a);
+      if (b.requires_grad()) target(b, db, beta_b);
+      detail::matmul_backward_cuda(a.value(), b.value(), self.grad, trans_a, trans_b, a.requires_grad() ? &da : nullptr,
+                                   beta_a, b.requires_grad() ? &db : nullptr, beta_b);
+      if (a.requires_grad() && beta_a == 0.f) autograd::accumulate(a.grad_buffer(), da);
+      if (b.requires_grad() && beta_b == 0.f) autograd::accumulate(b.grad_buffer(), db);
+    });
+#else
+    static_assert(expr::dependent_false_v<T>,
+                  "matmul on Cuda needs the CUDA kernels: link distill::kernels (built when nvcc is found)");
+#endif
+  } else {
+    auto c = cpu::matmul(a.value(), b.value(), trans_a, trans_b);
+    return Var<T>::record("matmul", c, {a.node(), b.node()}, [a, b, trans_a, trans_b](auto& self) {
+      auto [da, db] =
+          cpu::matmul_backward(a.value(), b.value(), self.grad, trans_a, trans_b, a.requires_grad(), b.requires_grad());
+      if (a.requires_grad()) autograd::accumulate(a.grad_buffer(), da);
+      if (b.requires_grad()) autograd::accumulate(b.grad_buffer(), db);
+    });
+  }
 }
 
 }  // namespace distill
