@@ -20,6 +20,9 @@
 //    chunk_rows x V compute-type values (plus, for 16-bit inputs, converted weight blocks). Ignored rows are
 //    skipped (no GEMM work). Only inputs that require grad get a gradient.
 //  - No final-logit softcap: SPEC §2 has final_logit_softcapping = null for Gemma3 (and Qwen3 has none).
+//  - On Cuda (cuda/cross_entropy.hpp, kernels/cross_entropy.cu) the same contract, in f32, with one block per
+//    row (online log-sum-exp) and, for linear_cross_entropy, cuBLASLt GEMMs over vocabulary chunks of at most
+//    256 MB; the forward keeps only the per-row log-sum-exp (CrossEntropyContext<T, Cuda>).
 #pragma once
 #include <cmath>
 #include <limits>
@@ -29,14 +32,18 @@
 
 #include <Eigen/Core>
 
+#include "distill/core/nvtx.hpp"
 #include "distill/ops/softmax.hpp"
+#ifdef DISTILL_WITH_CUDA
+#include "distill/cuda/cross_entropy.hpp"
+#endif
 
 namespace distill {
 
 inline constexpr int32_t kIgnoreIndex = -100;
 
 // What the cross-entropy forwards keep for backward (indexed by active row a = 0..count-1).
-template <FloatingDtype T>
+template <FloatingDtype T, class D = Cpu>
 struct CrossEntropyContext {
   using C = compute_t<T>;
   Tensor<int32_t> targets;      // [N] validated copy of the targets, flattened
@@ -47,11 +54,42 @@ struct CrossEntropyContext {
   int64_t count() const { return static_cast<int64_t>(active.size()); }
 };
 
+// On Cuda the forward keeps, on the device, only what the backward kernels read: the targets and the per-row
+// log-sum-exp in f32 (no per-row max: softmax = exp(logit - lse)). The loss stays on the device too.
+template <FloatingDtype T>
+struct CrossEntropyContext<T, Cuda> {
+  Tensor<int32_t, Cuda> targets;  // cross_entropy: [N] as given; linear_cross_entropy: [count] of the active rows
+  Tensor<int32_t, Cuda> active;   // linear_cross_entropy: [count] active rows, ascending; undefined if all count
+  Tensor<float, Cuda> lse;        // [N] (0 on ignored rows) or, linear_cross_entropy, [count]
+  Tensor<T, Cuda> loss;           // [] mean over active rows; 0 when there are none
+  int32_t ignore_index = kIgnoreIndex;
+  int64_t n_rows = 0;    // N
+  int64_t n_active = 0;  // count
+  int64_t count() const { return n_active; }
+};
+
 namespace detail::rowwise {
 inline void check_ce_shapes(const Shape& logits, const Shape& targets, const char* op) {
   if (logits.rank() < 1 || logits.without(-1) != targets)
     throw ShapeError(std::string(op) + ": logits " + logits.str() + " and targets " + targets.str() +
                      " do not match (targets must have the logits' shape without the class axis)");
+}
+
+// The rows of flat (contiguous [N]) targets that are not ignore_index, ascending; throws distill::Error naming
+// the first target outside [0, V).
+inline std::vector<int64_t> active_rows(const Tensor<int32_t>& flat, int64_t V, int32_t ignore_index, const char* op) {
+  std::vector<int64_t> active;
+  active.reserve(static_cast<size_t>(flat.numel()));
+  for (int64_t i = 0; i < flat.numel(); ++i) {
+    const int32_t t = flat.data()[i];
+    if (t == ignore_index) continue;
+    if (t < 0 || t >= V)
+      throw Error(std::string(op) + ": target " + std::to_string(t) + " at row " + std::to_string(i) +
+                  " is outside [0, " + std::to_string(V) + ") and is not ignore_index (" +
+                  std::to_string(ignore_index) + ")");
+    active.push_back(i);
+  }
+  return active;
 }
 
 // Validates the targets against [0, V) and fills ctx.targets / ctx.active. Runs before any parallel region
@@ -60,17 +98,7 @@ template <class T>
 void collect_targets(CrossEntropyContext<T>& ctx, const Tensor<int32_t>& targets, int64_t V, int32_t ignore_index,
                      const char* op) {
   ctx.targets = targets.clone().reshape({targets.numel()});
-  ctx.active.clear();
-  ctx.active.reserve(static_cast<size_t>(targets.numel()));
-  for (int64_t i = 0; i < targets.numel(); ++i) {
-    const int32_t t = ctx.targets.data()[i];
-    if (t == ignore_index) continue;
-    if (t < 0 || t >= V)
-      throw Error(std::string(op) + ": target " + std::to_string(t) + " at row " + std::to_string(i) +
-                  " is outside [0, " + std::to_string(V) + ") and is not ignore_index (" +
-                  std::to_string(ignore_index) + ")");
-    ctx.active.push_back(i);
-  }
+  ctx.active = active_rows(ctx.targets, V, ignore_index, op);
   ctx.row_max = Tensor<compute_t<T>>::empty({ctx.count()});
   ctx.log_sum = Tensor<compute_t<T>>::empty({ctx.count()});
 }
@@ -412,38 +440,186 @@ void linear_cross_entropy_backward(const Tensor<T>& hidden, const Tensor<T>& wei
 }  // namespace cpu
 
 // ------------------------------------------------------------------------------------------------------
-// Recorded ops. Both return a one-element rank-0 Var.
+#ifdef DISTILL_WITH_CUDA
+// Tensor-level Cuda paths (kernels/cross_entropy.cu): the same contract as cpu::, the targets checked on the
+// host. Forwards return the context with the loss on the device; backwards take the upstream gradient as a
+// one-element device tensor (no host round trip) and accumulate into contiguous gradient buffers.
+namespace cuda {
+
+namespace detail_ce {
+template <class T>
+void check_grad_buffer(const Tensor<T, Cuda>& d, const Shape& want, const char* op) {
+  check_same_shape(d.shape(), want, op);
+  DISTILL_CHECK(d.is_contiguous(), op, ": the gradient buffer must be contiguous");
+}
+template <class T>
+const T* scalar_grad(const Tensor<T, Cuda>& g, const char* op) {
+  DISTILL_CHECK(g.numel() == 1, op, ": a loss gradient must have one element, got ", g.shape().str());
+  return g.data();  // one element: contiguous whatever its strides
+}
+}  // namespace detail_ce
+
+// logits [..., V] on the device, targets [...] on the host.
+template <FloatingDtype T>
+CrossEntropyContext<T, Cuda> cross_entropy_forward(const Tensor<T, Cuda>& logits, const Tensor<int32_t>& targets,
+                                                   int32_t ignore_index = kIgnoreIndex) {
+  ::distill::detail::rowwise::check_ce_shapes(logits.shape(), targets.shape(), "cross_entropy");
+  const int64_t V = logits.shape().back(), N = targets.numel();
+  const Tensor<int32_t> t = targets.contiguous().reshape({N});
+  CrossEntropyContext<T, Cuda> ctx;
+  ctx.n_active =
+      static_cast<int64_t>(::distill::detail::rowwise::active_rows(t, V, ignore_index, "cross_entropy").size());
+  ctx.ignore_index = ignore_index;
+  ctx.n_rows = N;
+  ctx.targets = t.template to<Cuda>();
+  ctx.lse = Tensor<float, Cuda>::empty({N});
+  ctx.loss = Tensor<T, Cuda>::empty(Shape());
+  const Tensor<T, Cuda> x = logits.contiguous();
+  cross_entropy_forward(x.data(), N, V, ctx.targets.data(), ignore_index, ctx.count(), ctx.lse.data(), ctx.loss.data());
+  return ctx;
+}
+
+// dlogits += (softmax(logits) - onehot(target)) * grad_out / count on the active rows.
+template <FloatingDtype T>
+void cross_entropy_backward(const Tensor<T, Cuda>& logits, const CrossEntropyContext<T, Cuda>& ctx,
+                            const Tensor<T, Cuda>& grad_out, const Tensor<T, Cuda>& dlogits) {
+  detail_ce::check_grad_buffer(dlogits, logits.shape(), "cross_entropy_backward");
+  const T* g = detail_ce::scalar_grad(grad_out, "cross_entropy_backward");
+  if (ctx.count() == 0) return;
+  const Tensor<T, Cuda> x = logits.contiguous();
+  cross_entropy_backward(x.data(), ctx.n_rows, logits.shape().back(), ctx.targets.data(), ctx.ignore_index, ctx.count(),
+                         ctx.lse.data(), g, dlogits.data());
+}
+
+// hidden [..., C] and weight [V, C] on the device, targets [...] on the host. vocab_chunk / row_chunk > 0
+// force the tiling (tests); 0 keeps the logits chunk under cuda::kLceChunkBytes.
+template <FloatingDtype T>
+CrossEntropyContext<T, Cuda> linear_cross_entropy_forward(const Tensor<T, Cuda>& hidden, const Tensor<T, Cuda>& weight,
+                                                          const Tensor<int32_t>& targets,
+                                                          int32_t ignore_index = kIgnoreIndex, int64_t vocab_chunk = 0,
+                                                          int64_t row_chunk = 0) {
+  const char* op = "linear_cross_entropy";
+  if (weight.rank() != 2 || hidden.rank() < 1 || hidden.shape().back() != weight.dim(1))
+    throw ShapeError(std::string(op) + ": hidden " + hidden.shape().str() + " and weight " + weight.shape().str() +
+                     " do not fit (want hidden [..., C] and weight [V, C])");
+  ::distill::detail::rowwise::check_ce_shapes(hidden.shape(), targets.shape(), op);
+  const int64_t Cd = hidden.shape().back(), V = weight.dim(0), N = targets.numel();
+  DISTILL_CHECK(N <= std::numeric_limits<int32_t>::max(), op, ": ", N, " rows exceed int32 row indices");
+  const Tensor<int32_t> t = targets.contiguous().reshape({N});
+  const std::vector<int64_t> active = ::distill::detail::rowwise::active_rows(t, V, ignore_index, op);
+  const int64_t n = static_cast<int64_t>(active.size());
+  CrossEntropyContext<T, Cuda> ctx;
+  ctx.ignore_index = ignore_index;
+  ctx.n_rows = N;
+  ctx.n_active = n;
+  ctx.loss = Tensor<T, Cuda>::zeros(Shape());
+  if (n == 0) return ctx;
+  if (n == N) {
+    ctx.targets = t.template to<Cuda>();
+  } else {  // compact: the active rows and their targets
+    auto rows = Tensor<int32_t>::empty({n}), tg = Tensor<int32_t>::empty({n});
+    for (int64_t a = 0; a < n; ++a) {
+      rows.data()[a] = static_cast<int32_t>(active[static_cast<size_t>(a)]);
+      tg.data()[a] = t.data()[active[static_cast<size_t>(a)]];
+    }
+    ctx.active = rows.template to<Cuda>();
+    ctx.targets = tg.template to<Cuda>();
+  }
+  ctx.lse = Tensor<float, Cuda>::empty({n});
+  const Tensor<T, Cuda> h = hidden.contiguous(), w = weight.contiguous();
+  linear_cross_entropy_forward(h.data(), w.data(), N, Cd, V, ctx.active.defined() ? ctx.active.data() : nullptr,
+                               ctx.targets.data(), n, ctx.lse.data(), ctx.loss.data(), vocab_chunk, row_chunk);
+  return ctx;
+}
+
+// dhidden += dlogits @ weight and dweight += dlogits^T @ hidden, recomputing the logits chunk by chunk.
+// Pass an undefined Tensor for a gradient that is not wanted.
+template <FloatingDtype T>
+void linear_cross_entropy_backward(const Tensor<T, Cuda>& hidden, const Tensor<T, Cuda>& weight,
+                                   const CrossEntropyContext<T, Cuda>& ctx, const Tensor<T, Cuda>& grad_out,
+                                   const Tensor<T, Cuda>& dhidden, const Tensor<T, Cuda>& dweight,
+                                   int64_t vocab_chunk = 0, int64_t row_chunk = 0) {
+  const bool want_h = dhidden.defined(), want_w = dweight.defined();
+  if (want_h) detail_ce::check_grad_buffer(dhidden, hidden.shape(), "linear_cross_entropy_backward (hidden)");
+  if (want_w) detail_ce::check_grad_buffer(dweight, weight.shape(), "linear_cross_entropy_backward (weight)");
+  const T* g = detail_ce::scalar_grad(grad_out, "linear_cross_entropy_backward");
+  if (ctx.count() == 0 || !(want_h || want_w)) return;
+  const Tensor<T, Cuda> h = hidden.contiguous(), w = weight.contiguous();
+  linear_cross_entropy_backward(h.data(), w.data(), ctx.n_rows, hidden.shape().back(), weight.dim(0),
+                                ctx.active.defined() ? ctx.active.data() : nullptr, ctx.targets.data(), ctx.count(),
+                                ctx.lse.data(), g, want_h ? dhidden.data() : nullptr, want_w ? dweight.data() : nullptr,
+                                vocab_chunk, row_chunk);
+}
+
+}  // namespace cuda
+#endif
+
+// ------------------------------------------------------------------------------------------------------
+// Recorded ops. Both return a one-element rank-0 Var. On Cuda the targets stay host tensors (checked there,
+// then copied once); the loss and everything backward needs stay on the device.
 
 // logits [N, V] (or [..., V]), targets [N] (or [...]) -> []
 template <FloatingDtype T, class D>
 Var<T, D> cross_entropy(const Var<T, D>& logits, const Tensor<int32_t>& targets, int32_t ignore_index = kIgnoreIndex) {
-  detail::rowwise::require_cpu<D>("cross_entropy");
-  auto ctx = cpu::cross_entropy_forward(logits.value(), targets, ignore_index);
-  auto loss = Tensor<T, D>::full(Shape(), from_compute<T>(static_cast<compute_t<T>>(ctx.loss)));
-  return Var<T, D>::record("cross_entropy", loss, {logits.node()},
-                           [logits, ctx = std::make_shared<const CrossEntropyContext<T>>(std::move(ctx))](auto& self) {
-                             if (logits.requires_grad())
-                               cpu::cross_entropy_backward(
-                                   logits.value(), *ctx, detail::rowwise::grad_scalar(self.grad), logits.grad_buffer());
-                           });
+  if constexpr (std::is_same_v<D, Cuda>) {
+#ifdef DISTILL_WITH_CUDA
+    NvtxRange nvtx("cross_entropy");
+    auto ctx = std::make_shared<const CrossEntropyContext<T, Cuda>>(
+        cuda::cross_entropy_forward(logits.value(), targets, ignore_index));
+    return Var<T, D>::record("cross_entropy", ctx->loss, {logits.node()}, [logits, ctx](auto& self) {
+      if (logits.requires_grad()) cuda::cross_entropy_backward(logits.value(), *ctx, self.grad, logits.grad_buffer());
+    });
+#else
+    static_assert(expr::dependent_false_v<T>,
+                  "cross_entropy on Cuda needs the CUDA kernels: link distill::kernels (built when nvcc is found)");
+#endif
+  } else {
+    auto ctx = cpu::cross_entropy_forward(logits.value(), targets, ignore_index);
+    auto loss = Tensor<T, D>::full(Shape(), from_compute<T>(static_cast<compute_t<T>>(ctx.loss)));
+    return Var<T, D>::record(
+        "cross_entropy", loss, {logits.node()},
+        [logits, ctx = std::make_shared<const CrossEntropyContext<T>>(std::move(ctx))](auto& self) {
+          if (logits.requires_grad())
+            cpu::cross_entropy_backward(logits.value(), *ctx, detail::rowwise::grad_scalar(self.grad),
+                                        logits.grad_buffer());
+        });
+  }
 }
 
 // hidden [N, C] (or [..., C]), weight [V, C], targets [N] (or [...]) -> []: cross_entropy(hidden @ weight^T)
-// without the [N, V] logits; chunk_rows rows of logits exist at a time.
+// without the [N, V] logits; chunk_rows rows of logits exist at a time. On Cuda chunk_rows is not used: the
+// logits are tiled by vocabulary chunks under cuda::kLceChunkBytes (see cuda/cross_entropy.hpp).
 template <FloatingDtype T, class D>
 Var<T, D> linear_cross_entropy(const Var<T, D>& hidden, const Var<T, D>& weight, const Tensor<int32_t>& targets,
                                int32_t ignore_index = kIgnoreIndex, int64_t chunk_rows = 256) {
-  detail::rowwise::require_cpu<D>("linear_cross_entropy");
-  auto ctx = cpu::linear_cross_entropy_forward(hidden.value(), weight.value(), targets, ignore_index, chunk_rows);
-  auto loss = Tensor<T, D>::full(Shape(), from_compute<T>(static_cast<compute_t<T>>(ctx.loss)));
-  return Var<T, D>::record(
-      "linear_cross_entropy", loss, {hidden.node(), weight.node()},
-      [hidden, weight, chunk_rows, ctx = std::make_shared<const CrossEntropyContext<T>>(std::move(ctx))](auto& self) {
-        const Tensor<T, D> dh = hidden.requires_grad() ? hidden.grad_buffer() : Tensor<T, D>();
-        const Tensor<T, D> dw = weight.requires_grad() ? weight.grad_buffer() : Tensor<T, D>();
-        cpu::linear_cross_entropy_backward(hidden.value(), weight.value(), *ctx,
-                                           detail::rowwise::grad_scalar(self.grad), dh, dw, chunk_rows);
-      });
+  if constexpr (std::is_same_v<D, Cuda>) {
+#ifdef DISTILL_WITH_CUDA
+    NvtxRange nvtx("linear_cross_entropy");
+    auto ctx = std::make_shared<const CrossEntropyContext<T, Cuda>>(
+        cuda::linear_cross_entropy_forward(hidden.value(), weight.value(), targets, ignore_index));
+    return Var<T, D>::record(
+        "linear_cross_entropy", ctx->loss, {hidden.node(), weight.node()}, [hidden, weight, ctx](auto& self) {
+          const Tensor<T, D> dh = hidden.requires_grad() ? hidden.grad_buffer() : Tensor<T, D>();
+          const Tensor<T, D> dw = weight.requires_grad() ? weight.grad_buffer() : Tensor<T, D>();
+          cuda::linear_cross_entropy_backward(hidden.value(), weight.value(), *ctx, self.grad, dh, dw);
+        });
+#else
+    static_assert(expr::dependent_false_v<T>,
+                  "linear_cross_entropy on Cuda needs the CUDA kernels: link distill::kernels (built when nvcc is "
+                  "found)");
+#endif
+  } else {
+    auto ctx = cpu::linear_cross_entropy_forward(hidden.value(), weight.value(), targets, ignore_index, chunk_rows);
+    auto loss = Tensor<T, D>::full(Shape(), from_compute<T>(static_cast<compute_t<T>>(ctx.loss)));
+    return Var<T, D>::record(
+        "linear_cross_entropy", loss, {hidden.node(), weight.node()},
+        [hidden, weight, chunk_rows, ctx = std::make_shared<const CrossEntropyContext<T>>(std::move(ctx))](auto& self) {
+          const Tensor<T, D> dh = hidden.requires_grad() ? hidden.grad_buffer() : Tensor<T, D>();
+          const Tensor<T, D> dw = weight.requires_grad() ? weight.grad_buffer() : Tensor<T, D>();
+          cpu::linear_cross_entropy_backward(hidden.value(), weight.value(), *ctx,
+                                             detail::rowwise::grad_scalar(self.grad), dh, dw, chunk_rows);
+        });
+  }
 }
 
 }  // namespace distill

@@ -6,6 +6,9 @@
 // deterministic: occurrences are grouped by id with a stable sort, each id's row is owned by one thread and
 // summed in order of appearance, in compute_t<T>, and added once. A frozen weight gets nothing.
 // Backward functions accumulate into the parents' gradients, never overwrite.
+// On Cuda (kernels/embedding.cu): the same checks on the host, a warp-per-row gather, and a deterministic
+// scatter-add (ids stably sorted on the device, each id's row summed in f32 in order of appearance by the
+// thread that owns it, added once: no float atomics; for f32 the CPU's bits).
 #pragma once
 #include <algorithm>
 #include <numeric>
@@ -13,7 +16,11 @@
 #include <vector>
 
 #include "distill/autograd/var.hpp"
+#include "distill/core/nvtx.hpp"
 #include "distill/core/parallel.hpp"
+#ifdef DISTILL_WITH_CUDA
+#include "distill/cuda/embedding.hpp"
+#endif
 
 namespace distill {
 
@@ -146,15 +153,63 @@ void embedding_backward_accumulate(const Tensor<T>& dw, const Tensor<int32_t>& i
 }  // namespace cpu
 
 // ------------------------------------------------------------------------------------------------
-// y = weight[ids]; weight [V, C], ids any shape -> [ids..., C]. The ids are copied for backward, so the
-// caller may reuse its buffer.
+#ifdef DISTILL_WITH_CUDA
+namespace detail::embedding {
+
+// The Cuda op on validated device ids (the op's own copy, kept for backward).
 template <FloatingDtype T>
-Var<T> embedding(const Var<T>& weight, const Tensor<int32_t>& ids) {
-  auto y = cpu::embedding_forward(weight.value(), ids);
-  const Tensor<int32_t> saved = ids.clone();
-  return Var<T>::record("embedding", y, {weight.node()}, [weight, saved](auto& self) {
-    if (weight.requires_grad()) cpu::embedding_backward_accumulate(weight.grad_buffer(), saved, self.grad);
+Var<T, Cuda> embedding_cuda(const Var<T, Cuda>& weight, const Tensor<int32_t, Cuda>& ids) {
+  NvtxRange nvtx("embedding");
+  const Tensor<T, Cuda>& w = weight.value();  // a Var's value is contiguous
+  const int64_t V = w.dim(0), C = w.dim(1), n = ids.numel();
+  auto y = Tensor<T, Cuda>::empty(out_shape(ids.shape(), C, "embedding"));  // [ids..., C]
+  ::distill::cuda::embedding_forward(w.data(), C, ids.data(), n, C, y.data(), C);
+  return Var<T, Cuda>::record("embedding", y, {weight.node()}, [weight, ids, V, C, n](auto& self) {
+    if (!weight.requires_grad()) return;
+    const Tensor<T, Cuda>& dw = weight.grad_buffer();
+    const Tensor<T, Cuda> g = self.grad.contiguous();
+    ::distill::cuda::embedding_backward_accumulate(dw.data(), V, C, ids.data(), n, g.data());
   });
+}
+
+}  // namespace detail::embedding
+#endif
+
+// y = weight[ids]; weight [V, C], ids any shape -> [ids..., C]. The ids are copied for backward, so the
+// caller may reuse its buffer. On Cuda the host ids are checked, then copied to the device.
+template <FloatingDtype T, class D>
+Var<T, D> embedding(const Var<T, D>& weight, const Tensor<int32_t>& ids) {
+  if constexpr (std::is_same_v<D, Cuda>) {
+#ifdef DISTILL_WITH_CUDA
+    detail::embedding::check_weight(weight.shape(), "embedding");
+    const Tensor<int32_t> host = ids.contiguous();
+    detail::embedding::check_ids(host, weight.dim(0), "embedding");
+    return detail::embedding::embedding_cuda(weight, host.template to<Cuda>());
+#else
+    static_assert(expr::dependent_false_v<T>,
+                  "embedding on Cuda needs the CUDA kernels: link distill::kernels (built when nvcc is found)");
+#endif
+  } else {
+    auto y = cpu::embedding_forward(weight.value(), ids);
+    const Tensor<int32_t> saved = ids.clone();
+    return Var<T>::record("embedding", y, {weight.node()}, [weight, saved](auto& self) {
+      if (weight.requires_grad()) cpu::embedding_backward_accumulate(weight.grad_buffer(), saved, self.grad);
+    });
+  }
+}
+
+// The same with ids already on the device: they are copied to the host once to be checked (a synchronizing
+// copy of n int32 values), and cloned on the device for backward.
+template <FloatingDtype T>
+Var<T, Cuda> embedding(const Var<T, Cuda>& weight, const Tensor<int32_t, Cuda>& ids) {
+#ifdef DISTILL_WITH_CUDA
+  detail::embedding::check_weight(weight.shape(), "embedding");
+  detail::embedding::check_ids(ids.template to<Cpu>(), weight.dim(0), "embedding");
+  return detail::embedding::embedding_cuda(weight, ids.clone());
+#else
+  static_assert(expr::dependent_false_v<T>,
+                "embedding on Cuda needs the CUDA kernels: link distill::kernels (built when nvcc is found)");
+#endif
 }
 
 }  // namespace distill
