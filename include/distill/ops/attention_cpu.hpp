@@ -31,11 +31,11 @@
 
 namespace distill {
 
-// What the forward saves for the backward.
-template <class T>
+// What the forward saves for the backward (on the inputs' device).
+template <class T, class D = Cpu>
 struct AttentionForward {
-  Tensor<T> out;             // [B, T, H, D]
-  Tensor<compute_t<T>> lse;  // [B, H, T] logsumexp of each row of scale * q k^T over the visible keys
+  Tensor<T, D> out;             // [B, T, H, D]
+  Tensor<compute_t<T>, D> lse;  // [B, H, T] logsumexp of each row of scale * q k^T over the visible keys
 };
 
 namespace detail {
