@@ -12,6 +12,8 @@
 // dw is reduced deterministically: rows are cut into blocks whose size depends only on the row count
 // (never on the thread count), each block sums into its own partial, and the partials are added in
 // block order. Backward functions accumulate into the parents' gradients, never overwrite.
+// On Cuda (f32, bf16, f16) the same rounding points and formulas run in kernels/rmsnorm.cu (see
+// distill/cuda/rmsnorm.hpp); only the order of the sums differs.
 #pragma once
 #include <Eigen/Core>
 #include <algorithm>
@@ -20,7 +22,9 @@
 #include <vector>
 
 #include "distill/autograd/var.hpp"
+#include "distill/core/nvtx.hpp"
 #include "distill/core/parallel.hpp"
+#include "distill/cuda/rmsnorm.hpp"
 
 namespace distill {
 
@@ -30,17 +34,17 @@ enum class RmsNormStyle {
 };
 
 // What the forward hands back: the output and what backward needs besides x and w.
-template <class T>
+template <class T, class D = Cpu>
 struct RmsNormForward {
-  Tensor<T> y;                // [..., C]
-  Tensor<compute_t<T>> rstd;  // [rows]
+  Tensor<T, D> y;                // [..., C]
+  Tensor<compute_t<T>, D> rstd;  // [rows]
 };
 
 // Gradients of rms_norm; a tensor is left undefined when it was not asked for.
-template <class T>
+template <class T, class D = Cpu>
 struct RmsNormGrads {
-  Tensor<T> dx;  // [..., C]
-  Tensor<T> dw;  // [C]
+  Tensor<T, D> dx;  // [..., C]
+  Tensor<T, D> dw;  // [C]
 };
 
 namespace detail::rmsnorm {
@@ -262,17 +266,78 @@ RmsNormGrads<T> rms_norm_backward(const Tensor<T>& x_in, const Tensor<T>& w_in, 
 }  // namespace cpu
 
 // ------------------------------------------------------------------------------------------------
-// y = rms_norm(x, w) over the last axis; x [..., C], w [C] (Qwen3 norm weights init to ones, Gemma3's to zeros).
+#ifdef DISTILL_WITH_CUDA
+namespace cuda {
+
+// The Tensor-level GPU entry points: cpu::'s contract on device tensors (launchers in distill/cuda/rmsnorm.hpp).
 template <FloatingDtype T>
-Var<T> rms_norm(const Var<T>& x, const Var<T>& w, double eps, RmsNormStyle style) {
-  auto fwd = cpu::rms_norm_forward(x.value(), w.value(), eps, style);
-  auto rstd = fwd.rstd;  // [rows]
-  return Var<T>::record("rms_norm", fwd.y, {x.node(), w.node()}, [x, w, rstd, style](auto& self) {
-    const bool gx = x.requires_grad(), gw = w.requires_grad();
-    auto gr = cpu::rms_norm_backward(x.value(), w.value(), rstd, self.grad, style, gx, gw);
-    if (gx) autograd::accumulate(x.grad_buffer(), gr.dx);
-    if (gw) autograd::accumulate(w.grad_buffer(), gr.dw);
-  });
+RmsNormForward<T, Cuda> rms_norm_forward(const Tensor<T, Cuda>& x_in, const Tensor<T, Cuda>& w_in, double eps,
+                                         RmsNormStyle style) {
+  static_assert(!std::is_same_v<T, double>, "rms_norm on Cuda takes f32, bf16 or f16; f64 stays on the CPU");
+  ::distill::detail::rmsnorm::check_shapes(x_in.shape(), w_in.shape(), "rms_norm");
+  const Tensor<T, Cuda> x = x_in.contiguous(), w = w_in.contiguous();
+  const int64_t n = x.shape().back(), rows = n ? x.numel() / n : 0;
+  RmsNormForward<T, Cuda> out{Tensor<T, Cuda>::empty(x.shape()), Tensor<float, Cuda>::empty(Shape{rows})};
+  if (rows > 0)
+    rms_norm_forward(x.data(), w.data(), out.y.data(), out.rstd.data(), rows, n, static_cast<float>(eps), style);
+  return out;
+}
+
+template <FloatingDtype T>
+RmsNormGrads<T, Cuda> rms_norm_backward(const Tensor<T, Cuda>& x_in, const Tensor<T, Cuda>& w_in,
+                                        const Tensor<float, Cuda>& rstd_in, const Tensor<T, Cuda>& g_in,
+                                        RmsNormStyle style, bool need_dx = true, bool need_dw = true) {
+  static_assert(!std::is_same_v<T, double>, "rms_norm on Cuda takes f32, bf16 or f16; f64 stays on the CPU");
+  ::distill::detail::rmsnorm::check_shapes(x_in.shape(), w_in.shape(), "rms_norm_backward");
+  check_same_shape(x_in.shape(), g_in.shape(), "rms_norm_backward");
+  const Tensor<T, Cuda> x = x_in.contiguous(), w = w_in.contiguous(), g = g_in.contiguous();
+  const int64_t n = x.shape().back(), rows = n ? x.numel() / n : 0;
+  DISTILL_CHECK(rstd_in.numel() == rows, "rms_norm_backward: rstd has ", rstd_in.numel(), " values for ", rows,
+                " rows");
+  RmsNormGrads<T, Cuda> out;
+  if (need_dx) out.dx = Tensor<T, Cuda>::empty(x.shape());
+  if (need_dw) out.dw = Tensor<T, Cuda>::empty(w.shape());
+  if ((!need_dx && !need_dw) || n == 0) return out;
+  const Tensor<float, Cuda> rstd = rstd_in.contiguous();
+  rms_norm_backward(x.data(), w.data(), rstd.data(), g.data(), need_dx ? out.dx.data() : nullptr,
+                    need_dw ? out.dw.data() : nullptr, rows, n, style);
+  return out;
+}
+
+}  // namespace cuda
+#endif
+
+// ------------------------------------------------------------------------------------------------
+// y = rms_norm(x, w) over the last axis; x [..., C], w [C] (Qwen3 norm weights init to ones, Gemma3's to zeros).
+template <FloatingDtype T, class D>
+Var<T, D> rms_norm(const Var<T, D>& x, const Var<T, D>& w, double eps, RmsNormStyle style) {
+  if constexpr (std::is_same_v<D, Cuda>) {
+#ifdef DISTILL_WITH_CUDA
+    static_assert(!std::is_same_v<T, double>, "rms_norm on Cuda takes f32, bf16 or f16; f64 stays on the CPU");
+    NvtxRange nvtx("rms_norm");
+    auto fwd = cuda::rms_norm_forward(x.value(), w.value(), eps, style);
+    auto rstd = fwd.rstd;  // [rows]
+    return Var<T, D>::record("rms_norm", fwd.y, {x.node(), w.node()}, [x, w, rstd, style](auto& self) {
+      NvtxRange nvtx_bwd("rms_norm_backward");
+      const bool gx = x.requires_grad(), gw = w.requires_grad();
+      auto gr = cuda::rms_norm_backward(x.value(), w.value(), rstd, self.grad, style, gx, gw);
+      if (gx) autograd::accumulate(x.grad_buffer(), gr.dx);
+      if (gw) autograd::accumulate(w.grad_buffer(), gr.dw);
+    });
+#else
+    static_assert(expr::dependent_false_v<D>,
+                  "rms_norm on Cuda needs the CUDA kernels: link distill::kernels (built when nvcc is found)");
+#endif
+  } else {
+    auto fwd = cpu::rms_norm_forward(x.value(), w.value(), eps, style);
+    auto rstd = fwd.rstd;  // [rows]
+    return Var<T>::record("rms_norm", fwd.y, {x.node(), w.node()}, [x, w, rstd, style](auto& self) {
+      const bool gx = x.requires_grad(), gw = w.requires_grad();
+      auto gr = cpu::rms_norm_backward(x.value(), w.value(), rstd, self.grad, style, gx, gw);
+      if (gx) autograd::accumulate(x.grad_buffer(), gr.dx);
+      if (gw) autograd::accumulate(w.grad_buffer(), gr.dw);
+    });
+  }
 }
 
 }  // namespace distill

@@ -9,13 +9,20 @@
 //
 // Layout: x [B, T, H, D]; positions [T] (shared by the batch) or [B, T], int32. Tables: [positions..., D/2].
 // Backward functions accumulate into the parents' gradients, never overwrite.
+// On Cuda (f32, bf16, f16) the tables are still made on the host by rope_cos_sin (so both backends use the
+// same bits), uploaded once and cached (see detail::rope::device_tables), and kernels/rope.cu rotates with
+// the CPU's rounding points.
 #pragma once
 #include <cmath>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "distill/autograd/var.hpp"
+#include "distill/core/nvtx.hpp"
 #include "distill/core/parallel.hpp"
+#include "distill/cuda/rope.hpp"
 
 namespace distill {
 
@@ -209,20 +216,186 @@ Tensor<T> rope_backward(const Tensor<T>& g, const RopeTables& tab) {
 }  // namespace cpu
 
 // ------------------------------------------------------------------------------------------------
-// RoPE with precomputed tables (compute them once per step with rope_cos_sin and share across layers).
+#ifdef DISTILL_WITH_CUDA
+// rope_cos_sin's tables on the device (contiguous f32, the same bits).
+struct RopeDeviceTables {
+  Tensor<float, Cuda> cos;  // [T, D/2] or [B, T, D/2]
+  Tensor<float, Cuda> sin;
+};
+
+namespace detail::rope {
+
+inline void check_device_tables(const Shape& x, const RopeDeviceTables& tab) {
+  if (x.rank() != 4) throw ShapeError("rope: x must be [B, T, H, D], got " + x.str());
+  check_same_shape(tab.cos.shape(), tab.sin.shape(), "rope tables");
+  const Shape& t = tab.cos.shape();
+  const bool ok = t.rank() >= 2 && t.back() * 2 == x[3] &&
+                  ((t.rank() == 2 && t[0] == x[1]) || (t.rank() == 3 && t[0] == x[0] && t[1] == x[1]));
+  if (!ok) throw ShapeError("rope: tables " + t.str() + " must be [T, D/2] or [B, T, D/2] for x " + x.str());
+}
+
+// Uploads of the host tables, cached so a step's layers (and repeated calls) copy them once:
+//  - by the identity of the host RopeTables' storage (held weakly: an entry dies with its tables, so a new
+//    table at a recycled address is never mistaken for an old one). Tables are treated as immutable once
+//    made (rope_cos_sin always makes fresh ones); writing into them after a Cuda rope call is not seen.
+//  - by (positions, D, theta, linear factor) for rope(x, positions, cfg), which then skips rope_cos_sin too.
+// Both per device, at most kTableCacheEntries each (oldest dropped first). The cache is never destroyed:
+// device memory must not be returned after the CUDA runtime has shut down at exit.
+inline constexpr size_t kTableCacheEntries = 8;
+
+struct TableCache {
+  struct ByStorage {
+    std::weak_ptr<Storage<float, Cpu>> cos, sin;
+    const float* cos_data;
+    const float* sin_data;
+    Shape shape;
+    int device;
+    RopeDeviceTables dev;
+  };
+  struct ByPositions {
+    std::vector<int32_t> positions;
+    Shape shape;
+    int64_t D;
+    double theta, linear_factor;
+    int device;
+    RopeDeviceTables dev;
+  };
+  std::mutex mu;
+  std::vector<ByStorage> by_storage;
+  std::vector<ByPositions> by_positions;
+};
+
+inline TableCache& table_cache() {
+  static TableCache* cache = new TableCache;  // intentionally leaked (see above)
+  return *cache;
+}
+
+inline RopeDeviceTables upload(const RopeTables& tab) {
+  return RopeDeviceTables{tab.cos.contiguous().template to<Cuda>(), tab.sin.contiguous().template to<Cuda>()};
+}
+
+inline RopeDeviceTables device_tables(const RopeTables& tab) {
+  if (!tab.cos.is_contiguous() || !tab.sin.is_contiguous() || !tab.cos.storage() || !tab.sin.storage())
+    return upload(tab);  // views (and empty tables) are not cached
+  TableCache& c = table_cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  std::erase_if(c.by_storage, [](const TableCache::ByStorage& e) { return e.cos.expired() || e.sin.expired(); });
+  const int device = cuda::current_device();
+  for (const auto& e : c.by_storage)
+    if (e.device == device && e.cos_data == tab.cos.data() && e.sin_data == tab.sin.data() &&
+        e.shape == tab.cos.shape() && e.cos.lock() == tab.cos.storage() && e.sin.lock() == tab.sin.storage())
+      return e.dev;
+  RopeDeviceTables dev = upload(tab);
+  if (c.by_storage.size() >= kTableCacheEntries) c.by_storage.erase(c.by_storage.begin());
+  c.by_storage.push_back(
+      {tab.cos.storage(), tab.sin.storage(), tab.cos.data(), tab.sin.data(), tab.cos.shape(), device, dev});
+  return dev;
+}
+
+inline RopeDeviceTables device_tables(const Tensor<int32_t>& positions, int64_t D, const RopeConfig& cfg) {
+  const Tensor<int32_t> pos = positions.contiguous();
+  const int32_t* p = pos.data();
+  TableCache& c = table_cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  const int device = cuda::current_device();
+  for (const auto& e : c.by_positions)
+    if (e.device == device && e.D == D && e.theta == cfg.theta && e.linear_factor == cfg.linear_factor &&
+        e.shape == pos.shape() && std::equal(e.positions.begin(), e.positions.end(), p))
+      return e.dev;
+  RopeDeviceTables dev = upload(rope_cos_sin(pos, D, cfg));
+  if (c.by_positions.size() >= kTableCacheEntries) c.by_positions.erase(c.by_positions.begin());
+  c.by_positions.push_back(
+      {std::vector<int32_t>(p, p + pos.numel()), pos.shape(), D, cfg.theta, cfg.linear_factor, device, dev});
+  return dev;
+}
+
+}  // namespace detail::rope
+
+namespace cuda {
+
+// The Tensor-level GPU rotation (launcher in distill/cuda/rope.hpp); inverse = the backward.
 template <FloatingDtype T>
-Var<T> rope(const Var<T>& x, const RopeTables& tab) {
-  auto y = cpu::rope_forward(x.value(), tab);  // [B, T, H, D]
-  return Var<T>::record("rope", y, {x.node()}, [x, tab](auto& self) {
-    if (x.requires_grad()) autograd::accumulate(x.grad_buffer(), cpu::rope_backward(self.grad, tab));
+Tensor<T, Cuda> rope_rotate(const Tensor<T, Cuda>& x_in, const RopeDeviceTables& tab, bool inverse) {
+  static_assert(!std::is_same_v<T, double>, "rope on Cuda takes f32, bf16 or f16; f64 stays on the CPU");
+  ::distill::detail::rope::check_device_tables(x_in.shape(), tab);
+  const Tensor<T, Cuda> x = x_in.contiguous();
+  const Tensor<float, Cuda> c = tab.cos.contiguous(), s = tab.sin.contiguous();
+  auto y = Tensor<T, Cuda>::empty(x.shape());  // [B, T, H, D]
+  rope_rotate(x.data(), y.data(), c.data(), s.data(), x.dim(0), x.dim(1), x.dim(2), x.dim(3), c.rank() == 3, inverse);
+  return y;
+}
+template <FloatingDtype T>
+Tensor<T, Cuda> rope_forward(const Tensor<T, Cuda>& x, const RopeDeviceTables& tab) {
+  return rope_rotate(x, tab, false);
+}
+template <FloatingDtype T>
+Tensor<T, Cuda> rope_backward(const Tensor<T, Cuda>& g, const RopeDeviceTables& tab) {
+  return rope_rotate(g, tab, true);
+}
+// With host tables (uploaded through the cache).
+template <FloatingDtype T>
+Tensor<T, Cuda> rope_forward(const Tensor<T, Cuda>& x, const RopeTables& tab) {
+  return rope_rotate(x, ::distill::detail::rope::device_tables(tab), false);
+}
+template <FloatingDtype T>
+Tensor<T, Cuda> rope_backward(const Tensor<T, Cuda>& g, const RopeTables& tab) {
+  return rope_rotate(g, ::distill::detail::rope::device_tables(tab), true);
+}
+
+}  // namespace cuda
+
+namespace detail::rope {
+// The recorded op on the GPU.
+template <class T>
+Var<T, Cuda> rope_on_device(const Var<T, Cuda>& x, const RopeDeviceTables& tab) {
+  auto y = cuda::rope_forward(x.value(), tab);  // [B, T, H, D]
+  return Var<T, Cuda>::record("rope", y, {x.node()}, [x, tab](auto& self) {
+    NvtxRange nvtx("rope_backward");
+    if (x.requires_grad()) autograd::accumulate(x.grad_buffer(), cuda::rope_backward(self.grad, tab));
   });
+}
+}  // namespace detail::rope
+#endif
+
+// ------------------------------------------------------------------------------------------------
+// RoPE with precomputed tables (compute them once per step with rope_cos_sin and share across layers).
+template <FloatingDtype T, class D>
+Var<T, D> rope(const Var<T, D>& x, const RopeTables& tab) {
+  if constexpr (std::is_same_v<D, Cuda>) {
+#ifdef DISTILL_WITH_CUDA
+    static_assert(!std::is_same_v<T, double>, "rope on Cuda takes f32, bf16 or f16; f64 stays on the CPU");
+    NvtxRange nvtx("rope");
+    detail::rope::check_tables(x.shape(), tab);
+    return detail::rope::rope_on_device(x, detail::rope::device_tables(tab));
+#else
+    static_assert(expr::dependent_false_v<D>,
+                  "rope on Cuda needs the CUDA kernels: link distill::kernels (built when nvcc is found)");
+#endif
+  } else {
+    auto y = cpu::rope_forward(x.value(), tab);  // [B, T, H, D]
+    return Var<T>::record("rope", y, {x.node()}, [x, tab](auto& self) {
+      if (x.requires_grad()) autograd::accumulate(x.grad_buffer(), cpu::rope_backward(self.grad, tab));
+    });
+  }
 }
 
 // RoPE of x [B, T, H, D] at positions [T] or [B, T].
-template <FloatingDtype T>
-Var<T> rope(const Var<T>& x, const Tensor<int32_t>& positions, const RopeConfig& cfg) {
+template <FloatingDtype T, class D>
+Var<T, D> rope(const Var<T, D>& x, const Tensor<int32_t>& positions, const RopeConfig& cfg) {
   detail::rope::check_positions(x.shape(), positions.shape());
-  return rope(x, rope_cos_sin(positions, x.dim(3), cfg));
+  if constexpr (std::is_same_v<D, Cuda>) {
+#ifdef DISTILL_WITH_CUDA
+    static_assert(!std::is_same_v<T, double>, "rope on Cuda takes f32, bf16 or f16; f64 stays on the CPU");
+    NvtxRange nvtx("rope");
+    detail::rope::check_config(x.dim(3), cfg);
+    return detail::rope::rope_on_device(x, detail::rope::device_tables(positions, x.dim(3), cfg));
+#else
+    static_assert(expr::dependent_false_v<D>,
+                  "rope on Cuda needs the CUDA kernels: link distill::kernels (built when nvcc is found)");
+#endif
+  } else {
+    return rope(x, rope_cos_sin(positions, x.dim(3), cfg));
+  }
 }
 
 }  // namespace distill

@@ -29,6 +29,7 @@ struct Case {
 };
 
 int failures = 0;
+int cases_run = 0;  // a filter that matches nothing must not pass
 
 template <class T, class U>
 void compare(const T* got, const U* want, int64_t n, double atol, double rtol, const std::string& what) {
@@ -55,6 +56,7 @@ void compare(const T* got, const U* want, int64_t n, double atol, double rtol, c
 
 template <class T>
 void run_case(const Case& c, bool force_simple, emu::Mode mode) {
+  ++cases_run;
   using DT = std::conditional_t<std::is_same_v<T, bf16>, af::bf16raw, float>;
   const AttentionOptions o{c.causal, c.window, c.scale};
   const auto q = Tensor<float>::uniform({c.B, c.T, c.H, c.D}, 11, -c.qk_range, c.qk_range).cast<T>();
@@ -178,6 +180,10 @@ int main(int argc, char** argv) {
     for (int64_t D : {64, 128, 256}) run_empty_rows<bf16>(false, D);
     run_empty_rows<bf16>(true, 64);
     run_empty_rows<float>(false, 48);
+  }
+  if (cases_run == 0) {
+    std::printf("\nno case matched the filter: nothing was checked\n");
+    return 1;
   }
   std::printf(failures ? "\n%d FAILED comparisons\n" : "\nall comparisons passed\n", failures);
   return failures ? 1 : 0;

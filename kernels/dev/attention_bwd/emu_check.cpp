@@ -201,5 +201,9 @@ int main(int argc, char** argv) {
   }
   std::printf("%d passed, %d failed (%llu warp operations emulated)\n", g_pass, g_fail,
               static_cast<unsigned long long>(emu::M().warp_ops));
+  if (g_pass + g_fail == 0) {
+    std::printf("no case matched the filter: nothing was checked\n");
+    return 1;
+  }
   return g_fail ? 1 : 0;
 }
