@@ -160,12 +160,12 @@ DISTILL_FLOATING(DISTILL_INST_ADD)
   template void fill<T>(T*, T, int64_t);
 DISTILL_STORABLE(DISTILL_INST_COPY)
 #define DISTILL_INST_CAST_TO(U, T) template void cast<T, U>(U*, const T*, int64_t);
-#define DISTILL_INST_CAST_FROM(T)                                                                \
-  DISTILL_INST_CAST_TO(float, T)                                                                 \
-  DISTILL_INST_CAST_TO(double, T)                                                                \
-  DISTILL_INST_CAST_TO(bf16, T)                                                                  \
-  DISTILL_INST_CAST_TO(f16, T) DISTILL_INST_CAST_TO(int32_t, T) DISTILL_INST_CAST_TO(int64_t, T) \
-      DISTILL_INST_CAST_TO(uint8_t, T)
+#define DISTILL_INST_CAST_FROM(T) \
+  DISTILL_INST_CAST_TO(float, T)  \
+  DISTILL_INST_CAST_TO(double, T) \
+  DISTILL_INST_CAST_TO(bf16, T)   \
+  DISTILL_INST_CAST_TO(f16, T)    \
+  DISTILL_INST_CAST_TO(int32_t, T) DISTILL_INST_CAST_TO(int64_t, T) DISTILL_INST_CAST_TO(uint8_t, T)
 DISTILL_STORABLE(DISTILL_INST_CAST_FROM)
 
 }  // namespace distill::cuda

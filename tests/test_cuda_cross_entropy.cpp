@@ -317,23 +317,3 @@ TEST_CASE("cuda:linear_cross_entropy") {
         {"row 1", "target 7"}, "target == V");
   }
 }
-
-TEST_CASE("cuda:linear_cross_entropy tiling plan") {
-  // Host-side planning (no GPU needed, but it lives with the CUDA cases).
-  const auto t = cuda::lce_tiling(4096, 262144, 2);  // Gemma3 loss over 4096 tokens, bf16
-  CHECK(t.vocab == 32768);
-  CHECK(t.rows == 4096);
-  CHECK(t.ld == 32768);
-  CHECK(static_cast<size_t>(t.rows * t.ld) * 2 <= cuda::kLceChunkBytes);
-  const auto s = cuda::lce_tiling(7, 13, 4);  // everything fits: one chunk
-  CHECK(s.vocab == 13);
-  CHECK(s.ld == 16);
-  CHECK(s.rows == 7);
-  const auto f = cuda::lce_tiling(10, 100, 2, 5, 3);  // forced
-  CHECK(f.vocab == 5);
-  CHECK(f.ld == 8);
-  CHECK(f.rows == 3);
-  const auto big = cuda::lce_tiling(int64_t{4} << 20, 262144, 2);  // 4M rows: row chunks of the smallest vocabulary
-  CHECK(big.vocab == 128);
-  CHECK(static_cast<size_t>(big.rows * big.ld) * 2 <= cuda::kLceChunkBytes);
-}

@@ -310,31 +310,3 @@ TEST_CASE("cuda:sum_all") {
     }
   }
 }
-
-TEST_CASE("cuda: row plan covers every element of a row exactly once") {
-  for (int bytes : {2, 4})
-    for (bool aligned : {true, false})
-      for (int64_t K = 1; K <= 300000; K += (K < 600 ? 1 : K / 7 + 1)) {
-        const auto p = cuda::plan_rows(3, K, bytes, aligned);
-        INFO("K " << K << " bytes " << bytes << " aligned " << aligned);
-        REQUIRE(p.block_threads % 32 == 0);
-        REQUIRE(p.block_threads <= cuda::kRowMaxThreads);
-        REQUIRE((K % p.vec) == 0);
-        REQUIRE(p.items == 3 * p.chunks);
-        const int lanes = p.warp_per_row ? 32 : p.threads;
-        const int64_t nvec = K / p.vec;
-        // Chunks tile the row; each chunk fits its item's registers.
-        REQUIRE(p.chunk_vecs * (p.chunks - 1) < nvec);
-        REQUIRE(p.chunk_vecs * p.chunks >= nvec);
-        REQUIRE(int64_t{lanes} * p.vecs_per_thread() >= p.chunk_vecs);
-        if (p.warp_per_row) REQUIRE(p.chunks == 1);
-      }
-  const auto v = cuda::plan_rows(64, 262144, 4, true);  // the Gemma3 vocabulary: 16 chunks of 16384
-  CHECK(v.chunks == 16);
-  CHECK(v.threads == 1024);
-  const auto h = cuda::plan_rows(8192, 4096, 2, true);  // bf16 [8192, 4096]: one block of 256 per row
-  CHECK(h.vec == 8);
-  CHECK(h.chunks == 1);
-  CHECK(h.threads == 256);
-  CHECK(cuda::plan_rows(10, 33, 4, true).warp_per_row);
-}

@@ -185,39 +185,3 @@ TEST_CASE("cuda:rms_norm") {
       },
       {"[3, 4]", "[5]"}, "weight length mismatch");
 }
-
-TEST_CASE("cuda:rms_norm launch plan") {
-  // The model sizes.
-  const auto q = cuda::plan_rms_norm(2560, 2, true);  // Qwen3-4B hidden, bf16
-  CHECK(q.vec == 8);
-  CHECK(q.row_threads == 128);
-  CHECK(q.packs == 4);
-  CHECK(q.rows_per_block == 2);
-  const auto h = cuda::plan_rms_norm(128, 2, true);  // a head-dim norm: 4 threads per row, 64 rows per block
-  CHECK(h.vec == 8);
-  CHECK(h.row_threads == 4);
-  CHECK(h.packs == 4);
-  CHECK(h.rows_per_block == 64);
-  CHECK(cuda::plan_rms_norm(2048, 2, true, true).packs == 2);  // the backward aims at fewer packs
-  CHECK(cuda::plan_rms_norm(2048, 2, false).vec == 1);         // unaligned: one element per load
-  CHECK(cuda::plan_rms_norm(9, 4, true).vec == 1);             // 9 floats are not whole 16-byte packs
-  CHECK(cuda::plan_rms_norm(8192, 4, true, true).packs == 4);  // f32 rows of 8192 stay in registers
-  CHECK(cuda::plan_rms_norm(20000, 4, true).long_rows());
-  // Every row of up to 8192 elements fits registers; every plan covers its row with whole warps.
-  for (int bytes : {2, 4})
-    for (bool aligned : {true, false})
-      for (bool bwd : {false, true})
-        for (int64_t cols = 1; cols <= 9000; cols += (cols < 300 ? 1 : 37)) {
-          const auto p = cuda::plan_rms_norm(cols, bytes, aligned, bwd);
-          INFO("cols " << cols << " bytes " << bytes << " aligned " << aligned << " backward " << bwd);
-          CHECK(p.block_threads() % 32 == 0);
-          CHECK(p.block_threads() <= cuda::kRmsNormMaxRowThreads);
-          CHECK((cols % p.vec) == 0);
-          if (p.long_rows()) {
-            CHECK(cols > (p.vec == 1 ? 4096 : 8192));
-          } else {
-            CHECK(int64_t{p.row_threads} * p.packs * p.vec >= cols);
-            CHECK(int64_t{p.row_threads} * (p.packs / 2) * p.vec < cols);  // no idle pack round
-          }
-        }
-}

@@ -155,15 +155,3 @@ TEST_CASE("cuda:rope") {
     check_throws_naming<Error>([&] { rope(x, pos2, {0.0}); }, {"theta"}, "theta 0");
   }
 }
-
-TEST_CASE("cuda:rope launch plan") {
-  const auto q = cuda::plan_rope(2, 2048, 32, 128, 2, true);  // Qwen3 q, bf16: 8 pairs per thread
-  CHECK(q.vec == 8);
-  CHECK(q.items == int64_t{2} * 2048 * 32 * 64 / 8);
-  CHECK(q.index32);
-  CHECK(cuda::plan_rope(2, 4, 2, 6, 4, true).vec == 1);  // D/2 = 3
-  CHECK(cuda::plan_rope(1, 1, 1, 8, 4, true).vec == 4);  // f32: 4 pairs
-  CHECK(cuda::plan_rope(1, 1, 1, 8, 2, true).vec == 1);  // bf16: D/2 = 4 is not a whole 16-byte pack
-  CHECK(cuda::plan_rope(1, 1, 1, 128, 2, false).vec == 1);
-  CHECK(!cuda::plan_rope(64, 8192, 32, 256, 2, true).index32);  // 2^32 elements
-}
