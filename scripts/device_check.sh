@@ -5,6 +5,8 @@
 # enabled, runs the GPU benchmarks (and PyTorch's SDPA beside ours when torch is installed), and ends with
 # a short table. Full logs land in <log-dir>. Budget: under 8 minutes on an H100 (16 cores).
 # Without system Eigen/doctest it uses .deps/prefix (scripts/stage_device_deps.sh stages it).
+# Overrides: DISTILL_CUDA_ARCH (default: the GPU's compute capability), DISTILL_DEVICE_BUILD_DIR
+# (default build/device) — e.g. to dry-run the script's flow on a machine without a GPU.
 set -uo pipefail
 LOG=${1:?usage: scripts/device_check.sh <log-dir>}
 mkdir -p "$LOG"
@@ -27,7 +29,7 @@ status=0
 } >"$LOG/env.txt" 2>&1
 CC=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
 GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
-ARCH=${CC:-native}
+ARCH=${DISTILL_CUDA_ARCH:-${CC:-native}}
 say "GPU: ${GPU:-none found} (compute capability ${CC:-?}); building for CMAKE_CUDA_ARCHITECTURES=$ARCH"
 
 # --- 2. configure and build ---------------------------------------------------------------------------
@@ -41,7 +43,7 @@ if [ ! -d /usr/include/eigen3 ] || [ ! -d /usr/include/doctest ]; then
   fi
 fi
 command -v ninja >/dev/null && GEN=(-G Ninja) || GEN=()
-B=build/device
+B=${DISTILL_DEVICE_BUILD_DIR:-build/device}
 if ! cmake -S . -B $B "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DDISTILL_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
   -DDISTILL_BUILD_TESTS=ON -DDISTILL_BUILD_BENCH=OFF -DDISTILL_BUILD_APPS=ON "${EXTRA[@]}" >"$LOG/configure.log" 2>&1; then
   say "CONFIGURE FAILED (see configure.log)"
@@ -86,6 +88,19 @@ fi
   skipped=$(grep -c "\*\*\*Skipped" "$LOG/ctest.log")
   echo "Tests: ${summary:-no summary (see ctest.log)}; skipped: $skipped"
   grep -E "\(Failed\)|\*\*\*Failed|\*\*\*Timeout|\(SEGFAULT\)|\(Subprocess aborted\)" "$LOG/ctest.log" | sed 's/^/  FAILED: /'
+  echo
+  echo "CUDA test executables:"
+  grep -E "Test +#[0-9]+: (cuda_|emulator)" "$LOG/ctest.log" | sed -E 's/^ *[0-9]+\/[0-9]+ Test +#[0-9]+: /  /; s/ \.+/ /'
+  echo
+  # Ours vs PyTorch SDPA on the same shapes (issue 3's target: fwd+bwd >= 0.7x).
+  awk -F'|' '$1 == "RESULT" { v[$2 "|" $3] = $4 }
+    END {
+      for (key in v) {
+        split(key, a, "|");
+        if (a[1] == "attn_fwd" && (("torch_sdpa_fwd|" a[2]) in v)) printf "attention fwd vs SDPA, %s: %.2fx\n", a[2], v[key] / v["torch_sdpa_fwd|" a[2]];
+        if (a[1] == "attn_fwdbwd" && (("torch_sdpa_fwdbwd|" a[2]) in v)) printf "attention fwd+bwd vs SDPA, %s: %.2fx (target 0.7x)\n", a[2], v[key] / v["torch_sdpa_fwdbwd|" a[2]];
+      }
+    }' "$LOG/results.txt" | sort
   echo
   echo "| kernel | shape | value | unit | % of ceiling | ceiling |"
   echo "| --- | --- | ---: | --- | ---: | --- |"
