@@ -3,14 +3,12 @@
 // the first 16-byte boundary and a scalar tail), each thread keeping an online (max, sum of exp) in f32 that
 // the block then merges with warp shuffles and shared memory. The loss is the mean of the per-row losses,
 // summed in double by one block in a fixed order.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <climits>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
 
+#include "common.cuh"
 #include "distill/core/dtype.hpp"
 #include "distill/cuda/check.hpp"
 #include "distill/cuda/cross_entropy.hpp"
@@ -24,38 +22,8 @@ namespace {
 constexpr int kRowThreads = 512;  // one block per row
 constexpr int kMeanThreads = 1024;
 constexpr int kElemThreads = 256;
-constexpr unsigned kFullMask = 0xffffffffu;
 
-template <class T>
-struct DevType {
-  using type = T;
-};
-template <>
-struct DevType<bf16> {
-  using type = __nv_bfloat16;
-};
-template <>
-struct DevType<f16> {
-  using type = __half;
-};
-
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
-template <class S>
-__device__ __forceinline__ S from_f32(float x);
-template <>
-__device__ __forceinline__ float from_f32<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float x) {
-  return __float2half_rn(x);
-}
+using namespace kern;  // common.cuh: device types, conversions, vector access, reductions
 
 // --- online log-sum-exp ------------------------------------------------------------------------------------
 // State (m, s): s = sum(exp(x - m)) over the values seen, m their max (-inf when none). -inf logits

@@ -3,14 +3,12 @@
 // the pointers are 16-byte aligned. Scatter-add: CUB's stable radix sort of (id, position), then one thread
 // per (sorted occurrence, 16-byte column group); only the thread at the first occurrence of an id works: it
 // walks that id's run in order of appearance, sums in f32 and adds to the gradient row once. No atomics.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <climits>
 #include <cstdint>
 #include <cub/device/device_radix_sort.cuh>
 #include <string>
 
+#include "common.cuh"
 #include "distill/core/dtype.hpp"
 #include "distill/cuda/check.hpp"
 #include "distill/cuda/embedding.hpp"
@@ -22,39 +20,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarpsPerBlock = kThreads / 32;
 
-// Device storage type of a Distill dtype (same bits): the CUDA types have the conversion intrinsics.
-template <class T>
-struct DevType {
-  using type = T;
-};
-template <>
-struct DevType<bf16> {
-  using type = __nv_bfloat16;
-};
-template <>
-struct DevType<f16> {
-  using type = __half;
-};
-
-__device__ __forceinline__ float to_f32(float x) { return x; }
-__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
-template <class S>
-__device__ __forceinline__ S from_f32(float x);
-template <>
-__device__ __forceinline__ float from_f32<float>(float x) {
-  return x;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
-  return __float2bfloat16_rn(x);
-}
-template <>
-__device__ __forceinline__ __half from_f32<__half>(float x) {
-  return __float2half_rn(x);
-}
-
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+using namespace kern;  // common.cuh: device types, conversions, vector access, reductions
 
 // One warp per output row k (grid-stride over rows). VEC elements per lane access: 16 bytes, or 1.
 template <class S, int VEC>

@@ -7,12 +7,10 @@
 // several chunks write one partial per chunk; a combine kernel adds them in chunk order. sum_all adds fixed
 // per-block partials, then one block adds those in f64. No atomics anywhere: results are bitwise the same
 // from run to run.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cstdint>
 #include <type_traits>
 
+#include "common.cuh"
 #include "distill/core/dtype.hpp"
 #include "distill/cuda/check.hpp"
 #include "distill/cuda/reduce.hpp"
@@ -21,66 +19,7 @@ namespace distill::cuda {
 
 namespace {
 
-// --- device types and conversions (Eigen's bf16/half have the same bits as CUDA's) ----------------------
-template <class T>
-struct DevType {
-  using type = T;
-};
-template <>
-struct DevType<bf16> {
-  using type = __nv_bfloat16;
-};
-template <>
-struct DevType<f16> {
-  using type = __half;
-};
-template <class T>
-using dev_t = typename DevType<T>::type;
-
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-
-template <class DT>
-__device__ __forceinline__ DT from_f(float x) {
-  if constexpr (std::is_same_v<DT, float>)
-    return x;
-  else if constexpr (std::is_same_v<DT, __nv_bfloat16>)
-    return __float2bfloat16_rn(x);
-  else
-    return __float2half_rn(x);
-}
-
-// V consecutive elements at p (16-byte aligned when V > 1) as floats. kReadOnly: through the read-only path.
-template <int V, bool kReadOnly, class DT>
-__device__ __forceinline__ void load_vec(const DT* p, float (&out)[V]) {
-  if constexpr (V == 1) {
-    out[0] = to_f(p[0]);
-  } else {
-    static_assert(V * sizeof(DT) == 16, "a vector load is 16 bytes");
-    uint4 raw;
-    if constexpr (kReadOnly)
-      raw = __ldg(reinterpret_cast<const uint4*>(p));
-    else
-      raw = *reinterpret_cast<const uint4*>(p);
-    const DT* e = reinterpret_cast<const DT*>(&raw);
-#pragma unroll
-    for (int j = 0; j < V; ++j) out[j] = to_f(e[j]);
-  }
-}
-
-template <int V, class DT>
-__device__ __forceinline__ void store_vec(DT* p, const float (&in)[V]) {
-  if constexpr (V == 1) {
-    p[0] = from_f<DT>(in[0]);
-  } else {
-    uint4 raw;
-    DT* e = reinterpret_cast<DT*>(&raw);
-#pragma unroll
-    for (int j = 0; j < V; ++j) e[j] = from_f<DT>(in[j]);
-    *reinterpret_cast<uint4*>(p) = raw;
-  }
-}
+using namespace kern;  // common.cuh: device types, conversions, vector access, reductions
 
 // --- reductions ---------------------------------------------------------------------------------------
 // The running max of a row with the index where it sits. Preference is a total order (NaN first, then the
@@ -92,12 +31,6 @@ struct ArgMax {
 };
 constexpr int64_t kNoIndex = INT64_MAX;
 
-struct SumOp {
-  template <class V>
-  __device__ __forceinline__ V operator()(V a, V b) const {
-    return a + b;
-  }
-};
 struct FirstMaxOp {
   __device__ __forceinline__ ArgMax operator()(ArgMax a, ArgMax b) const {
     const bool an = isnan(a.v), bn = isnan(b.v);
@@ -112,54 +45,10 @@ struct FirstMaxOp {
   }
 };
 
-__device__ __forceinline__ float shfl_xor(float v, int o) { return __shfl_xor_sync(0xffffffffu, v, o); }
-__device__ __forceinline__ double shfl_xor(double v, int o) { return __shfl_xor_sync(0xffffffffu, v, o); }
+// The ArgMax overload of kern::shfl_xor (warp_allreduce finds it by argument-dependent lookup).
 __device__ __forceinline__ ArgMax shfl_xor(ArgMax a, int o) {
-  return {__shfl_xor_sync(0xffffffffu, a.v, o),
-          static_cast<int64_t>(__shfl_xor_sync(0xffffffffu, static_cast<long long>(a.i), o))};
-}
-
-// Butterfly over the full warp: every lane ends with the same (bitwise) result.
-template <class V, class Op>
-__device__ __forceinline__ V warp_allreduce(V v, Op op) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = op(v, shfl_xor(v, o));
-  return v;
-}
-
-// The reduction over one work item: its warp (kWarp) or its whole block (blockDim.x a multiple of 32). Every
-// thread of the item gets the result. Block form: called by every thread of the block (uniform control flow).
-template <bool kWarp, class V, class Op>
-__device__ __forceinline__ V item_allreduce(V v, Op op, V identity, V* s_red) {
-  v = warp_allreduce(v, op);
-  if constexpr (!kWarp) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    __syncthreads();  // s_red may still be read by the previous call
-    if (lane == 0) s_red[warp] = v;
-    __syncthreads();
-    v = lane < nwarps ? s_red[lane] : identity;
-    v = warp_allreduce(v, op);
-  }
-  return v;
-}
-
-// --- work items ---------------------------------------------------------------------------------------
-// Item geometry of the row kernels: lanes per item, this thread's lane, items per block, this thread's item.
-template <bool kWarp>
-__device__ __forceinline__ int item_lanes() {
-  return kWarp ? 32 : static_cast<int>(blockDim.x);
-}
-template <bool kWarp>
-__device__ __forceinline__ int item_lane() {
-  return kWarp ? static_cast<int>(threadIdx.x & 31) : static_cast<int>(threadIdx.x);
-}
-template <bool kWarp>
-__device__ __forceinline__ int64_t items_per_block() {
-  return kWarp ? static_cast<int64_t>(blockDim.x >> 5) : 1;
-}
-template <bool kWarp>
-__device__ __forceinline__ int64_t item_offset() {
-  return kWarp ? static_cast<int64_t>(threadIdx.x >> 5) : 0;
+  return {__shfl_xor_sync(kFullMask, a.v, o),
+          static_cast<int64_t>(__shfl_xor_sync(kFullMask, static_cast<long long>(a.i), o))};
 }
 
 // --- kernels ------------------------------------------------------------------------------------------
@@ -201,7 +90,7 @@ __global__ void __launch_bounds__(kWarp ? 32 * kWarpRowsPerBlock : kRowMaxThread
       if (gPartial)
         gPartial[item] = s;
       else
-        gY[row] = from_f<DT>(mean ? s / static_cast<float>(K) : s);
+        gY[row] = from_f32<DT>(mean ? s / static_cast<float>(K) : s);
     }
   }
 }
@@ -216,7 +105,7 @@ __global__ void sum_combine_kernel(const float* __restrict__ gPartial, DT* __res
     float s = 0.f;
     for (int64_t c = lane; c < chunks; c += 32) s += gPartial[row * chunks + c];
     s = warp_allreduce(s, SumOp{});
-    if (lane == 0) gY[row] = from_f<DT>(mean ? s / static_cast<float>(K) : s);
+    if (lane == 0) gY[row] = from_f32<DT>(mean ? s / static_cast<float>(K) : s);
   }
 }
 
@@ -314,7 +203,7 @@ __global__ void __launch_bounds__(kSumAllThreads)
 #pragma unroll
     for (int j = 0; j < V; ++j) s += a[j];
   }
-  if (gid < n - nvec * V) s += to_f(gX[nvec * V + gid]);  // the tail (< V elements)
+  if (gid < n - nvec * V) s += to_f32(gX[nvec * V + gid]);  // the tail (< V elements)
   s = item_allreduce<false>(s, SumOp{}, 0.f, sRed);
   if (threadIdx.x == 0) gPartial[blockIdx.x] = s;
 }
@@ -327,7 +216,7 @@ __global__ void __launch_bounds__(kSumAllMaxBlocks)
   double s = 0.0;
   for (int i = threadIdx.x; i < nparts; i += blockDim.x) s += static_cast<double>(gPartial[i]);
   s = item_allreduce<false>(s, SumOp{}, 0.0, sRed);
-  if (threadIdx.x == 0) gY[0] = from_f<DT>(static_cast<float>(s));
+  if (threadIdx.x == 0) gY[0] = from_f32<DT>(static_cast<float>(s));
 }
 
 // dx[row, k] += g[row] * scale over each (row, chunk) item.
@@ -344,7 +233,7 @@ __global__ void __launch_bounds__(kWarp ? 32 * kWarpRowsPerBlock : kRowMaxThread
     if (item >= items) break;  // no block synchronization in this kernel
     const int64_t row = item / chunks, c = item - row * chunks;
     const int nv = static_cast<int>(min(chunk_vecs, nvec - c * chunk_vecs));  // vectors of the chunk
-    const float gv = static_cast<float>(static_cast<double>(to_f(gG[row])) * scale);
+    const float gv = static_cast<float>(static_cast<double>(to_f32(gG[row])) * scale);
     DT* dr = gDx + row * K + c * chunk_vecs * V;
     float a[VPT][V];
 #pragma unroll
@@ -369,13 +258,13 @@ __global__ void max_rows_backward_kernel(const int64_t* __restrict__ gIdx, const
                                          DT* __restrict__ gDx, int64_t R, int64_t K) {
   for (int64_t r = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; r < R; r += int64_t{gridDim.x} * blockDim.x) {
     DT* d = gDx + r * K + gIdx[r];
-    *d = from_f<DT>(to_f(*d) + to_f(gG[r]));
+    *d = from_f32<DT>(to_f32(*d) + to_f32(gG[r]));
   }
 }
 
 template <class DT, int V>
 __global__ void sum_all_backward_kernel(const DT* __restrict__ gG, DT* __restrict__ gDx, int64_t n) {
-  const float gv = to_f(gG[0]);
+  const float gv = to_f32(gG[0]);
   const int64_t nvec = n / V;
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   const int64_t gid = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
@@ -386,12 +275,10 @@ __global__ void sum_all_backward_kernel(const DT* __restrict__ gG, DT* __restric
     for (int j = 0; j < V; ++j) a[j] += gv;
     store_vec<V>(gDx + i * V, a);
   }
-  for (int64_t i = nvec * V + gid; i < n; i += stride) gDx[i] = from_f<DT>(to_f(gDx[i]) + gv);
+  for (int64_t i = nvec * V + gid; i < n; i += stride) gDx[i] = from_f32<DT>(to_f32(gDx[i]) + gv);
 }
 
 // --- host side ----------------------------------------------------------------------------------------
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 // Calls f(integral_constant<int, V>, bool_constant<kWarp>) with the plan's vector width and item kind.
 template <int VMax, class F>
 void with_plan(const RowPlan& p, F&& f) {

@@ -8,12 +8,10 @@
 // items in reverse, so it starts on the chunks the stats kernel read last (still in L2). The backward has
 // the same two shapes with sum(g * y) (softmax) or sum(g) (log_softmax) as the row statistic.
 // Everything is computed in f32; no atomics, so results are bitwise reproducible.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-
 #include <cstdint>
 #include <type_traits>
 
+#include "common.cuh"
 #include "distill/core/dtype.hpp"
 #include "distill/cuda/check.hpp"
 #include "distill/cuda/softmax.hpp"
@@ -22,112 +20,7 @@ namespace distill::cuda {
 
 namespace {
 
-// --- device types, conversions, vector access (as in kernels/reduce.cu) -------------------------------
-template <class T>
-struct DevType {
-  using type = T;
-};
-template <>
-struct DevType<bf16> {
-  using type = __nv_bfloat16;
-};
-template <>
-struct DevType<f16> {
-  using type = __half;
-};
-template <class T>
-using dev_t = typename DevType<T>::type;
-
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-
-template <class DT>
-__device__ __forceinline__ DT from_f(float x) {
-  if constexpr (std::is_same_v<DT, float>)
-    return x;
-  else if constexpr (std::is_same_v<DT, __nv_bfloat16>)
-    return __float2bfloat16_rn(x);
-  else
-    return __float2half_rn(x);
-}
-
-template <int V, bool kReadOnly, class DT>
-__device__ __forceinline__ void load_vec(const DT* p, float (&out)[V]) {
-  if constexpr (V == 1) {
-    out[0] = to_f(p[0]);
-  } else {
-    static_assert(V * sizeof(DT) == 16, "a vector load is 16 bytes");
-    uint4 raw;
-    if constexpr (kReadOnly)
-      raw = __ldg(reinterpret_cast<const uint4*>(p));
-    else
-      raw = *reinterpret_cast<const uint4*>(p);
-    const DT* e = reinterpret_cast<const DT*>(&raw);
-#pragma unroll
-    for (int j = 0; j < V; ++j) out[j] = to_f(e[j]);
-  }
-}
-
-template <int V, class DT>
-__device__ __forceinline__ void store_vec(DT* p, const float (&in)[V]) {
-  if constexpr (V == 1) {
-    p[0] = from_f<DT>(in[0]);
-  } else {
-    uint4 raw;
-    DT* e = reinterpret_cast<DT*>(&raw);
-#pragma unroll
-    for (int j = 0; j < V; ++j) e[j] = from_f<DT>(in[j]);
-    *reinterpret_cast<uint4*>(p) = raw;
-  }
-}
-
-struct SumOp {
-  __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
-};
-struct MaxOp {
-  __device__ __forceinline__ float operator()(float a, float b) const { return fmaxf(a, b); }
-};
-
-template <class Op>
-__device__ __forceinline__ float warp_allreduce(float v, Op op) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-
-// Reduction over one work item (its warp, or its whole block); every thread of the item gets the result.
-// Block form: every thread of the block calls it (uniform control flow).
-template <bool kWarp, class Op>
-__device__ __forceinline__ float item_allreduce(float v, Op op, float identity, float* s_red) {
-  v = warp_allreduce(v, op);
-  if constexpr (!kWarp) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    __syncthreads();  // s_red may still be read by the previous call
-    if (lane == 0) s_red[warp] = v;
-    __syncthreads();
-    v = lane < nwarps ? s_red[lane] : identity;
-    v = warp_allreduce(v, op);
-  }
-  return v;
-}
-
-template <bool kWarp>
-__device__ __forceinline__ int item_lanes() {
-  return kWarp ? 32 : static_cast<int>(blockDim.x);
-}
-template <bool kWarp>
-__device__ __forceinline__ int item_lane() {
-  return kWarp ? static_cast<int>(threadIdx.x & 31) : static_cast<int>(threadIdx.x);
-}
-template <bool kWarp>
-__device__ __forceinline__ int64_t items_per_block() {
-  return kWarp ? static_cast<int64_t>(blockDim.x >> 5) : 1;
-}
-template <bool kWarp>
-__device__ __forceinline__ int64_t item_offset() {
-  return kWarp ? static_cast<int64_t>(threadIdx.x >> 5) : 0;
-}
+using namespace kern;  // common.cuh: device types, conversions, vector access, reductions
 
 // Merges the chunk statistics (max m_c, sum s_c of exp(x - m_c)) of one row, in chunk order. A chunk of all
 // -inf has s_c = 0 and is skipped; a row of all -inf gives m = -inf, s = 0 (its outputs are NaN, as on the CPU).
@@ -401,8 +294,6 @@ __global__ void __launch_bounds__(kRowMaxThreads)
 }
 
 // --- host side ----------------------------------------------------------------------------------------
-inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
 // Calls f(integral_constant<int, V>, bool_constant<kLog>) for vector width `vec` (1 or VMax) and `log`.
 template <int VMax, class F>
 void with_vec_and_log(int vec, bool log, F&& f) {
