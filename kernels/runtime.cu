@@ -136,10 +136,10 @@ struct Allocator {
     }
     if (e != cudaSuccess) {
       cudaGetLastError();
-      throw Error("CUDA out of memory: cudaMalloc of " + std::to_string(size) + " bytes on device " +
-                  std::to_string(dev) + " failed (" + cudaGetErrorString(e) + "); Distill holds " +
-                  std::to_string(pool.stats.current_bytes) + " bytes in use, " +
-                  std::to_string(pool.stats.reserved_bytes) + " reserved");
+      throw Error(std::string(e == cudaErrorMemoryAllocation ? "CUDA out of memory: " : "") + "cudaMalloc of " +
+                  std::to_string(size) + " bytes on device " + std::to_string(dev) + " failed: " + cudaGetErrorName(e) +
+                  " (" + cudaGetErrorString(e) + "); Distill holds " + std::to_string(pool.stats.current_bytes) +
+                  " bytes in use, " + std::to_string(pool.stats.reserved_bytes) + " reserved");
     }
     ++pool.stats.num_cuda_malloc;
     Block b{size, bytes, dev};
