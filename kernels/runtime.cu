@@ -63,7 +63,13 @@ int current_device() {
   return d;
 }
 void* current_stream() { return t_stream; }
-void set_current_stream(void* s) { t_stream = static_cast<cudaStream_t>(s); }
+// Freed blocks (and the cuBLASLt workspace) are reused in the order of the stream that freed them; switching
+// streams first waits for the old one, so nothing still pending there can see its memory handed out again.
+void set_current_stream(void* s) {
+  if (static_cast<cudaStream_t>(s) == t_stream) return;
+  DISTILL_CHECK_CUDA(cudaStreamSynchronize(t_stream));
+  t_stream = static_cast<cudaStream_t>(s);
+}
 void synchronize() { DISTILL_CHECK_CUDA(cudaStreamSynchronize(t_stream)); }
 
 // --- caching allocator ------------------------------------------------------------------------------
@@ -258,8 +264,16 @@ LtState& lt_state() {
   std::lock_guard<std::mutex> lock(g_lt_mu);
   LtState& s = lt_states()[dev];
   if (!s.handle) {
-    DISTILL_CHECK_CUBLAS(cublasLtCreate(&s.handle));
-    s.workspace = device_malloc(kLtWorkspace);
+    // Both or neither: a failed workspace allocation must not leave a handle without its workspace.
+    void* ws = device_malloc(kLtWorkspace);
+    cublasLtHandle_t h = nullptr;
+    const cublasStatus_t st = cublasLtCreate(&h);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+      device_free(ws);
+      DISTILL_CHECK_CUBLAS(st);
+    }
+    s.workspace = ws;
+    s.handle = h;
   }
   return s;
 }

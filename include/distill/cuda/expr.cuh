@@ -9,8 +9,10 @@
 //  - backward: each thread recomputes the forward tree at its element (keeping intermediates, as the
 //    CPU pass does) and pushes the upstream gradient down to the leaves that want one. A leaf that is
 //    not broadcast owns its gradient element (one writer; the same Var used twice is the same thread);
-//    a broadcast leaf sums into a zeroed compute-type scratch with atomicAdd, added into its gradient
-//    by a second small kernel (so broadcast gradients are not bitwise deterministic on the GPU).
+//    a broadcast leaf sums into a zeroed double scratch with atomicAdd (as the CPU sums in double), added
+//    into its gradient by a second small kernel (so broadcast gradients are not bitwise deterministic on
+//    the GPU, and a huge broadcast — a bias over millions of rows — contends on few addresses; a
+//    per-block pre-reduction is the known improvement).
 // Only CUDA translation units include this (autograd/var.hpp does, under __CUDACC__).
 #pragma once
 #include <cuda_runtime.h>
@@ -45,9 +47,10 @@ struct alignas(16) Vec {
   T v[N];
 };
 
-// Broadcast gradients accumulate in the compute type (atomicAdd exists for float and double).
+// Broadcast gradients accumulate in double, as the CPU pass does (summing 2^24 f32 terms stalls); double
+// atomicAdd is native on sm_60+.
 template <class T>
-using scratch_t = compute_t<T>;
+using scratch_t = double;
 
 // --- device functors -------------------------------------------------------------------------------
 template <class T>
@@ -254,7 +257,7 @@ auto lower(const expr::Binary<Op, L, R>& b, const Shape& out, LowerInfo& info) {
 template <class T, class S>
 __global__ void merge_scratch_kernel(T* __restrict__ grad, const S* __restrict__ scratch, int64_t n) {
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
-    grad[i] = from_compute<T>(static_cast<compute_t<T>>(to_compute<T>(grad[i]) + scratch[i]));
+    grad[i] = from_compute<T>(static_cast<compute_t<T>>(static_cast<double>(to_compute<T>(grad[i])) + scratch[i]));
 }
 
 template <class T>

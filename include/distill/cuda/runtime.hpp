@@ -24,8 +24,12 @@ int compute_capability();
 void set_device(int device);
 int current_device();
 void* current_stream();
-void set_current_stream(void* stream);  // a cudaStream_t; nullptr restores the default
-void synchronize();                     // waits for current_stream()
+// A cudaStream_t; nullptr restores the default. Waits for the previous stream first. The caching allocator
+// and the cuBLASLt workspace are per device, not per stream: host threads that drive the SAME device on
+// different streams concurrently are not supported (one stream per device at a time, or one device per
+// thread, as multi-GPU training does).
+void set_current_stream(void* stream);
+void synchronize();  // waits for current_stream()
 
 // --- caching allocator ------------------------------------------------------------------------------
 // device_malloc hands out blocks from per-device free lists (sizes rounded up to 512 B below 1 MiB, to

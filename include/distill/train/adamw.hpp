@@ -172,7 +172,8 @@ class AdamW {
   // One update of every trainable parameter that has a gradient, its gradient multiplied by grad_scale first.
   void step(double grad_scale = 1.0) {
     DISTILL_CHECK(std::isfinite(grad_scale) && grad_scale >= 0, "AdamW::step: invalid grad_scale ", grad_scale);
-    ++steps_;
+    // Validate every parameter before advancing any step count: a failed check (say, a restored state of the
+    // wrong shape) leaves the optimizer exactly as it was.
     std::vector<size_t> todo;
     for (size_t i = 0; i < params_.size(); ++i) {
       const Param& p = params_[i];
@@ -186,9 +187,10 @@ class AdamW {
           st.m.shape() == p.shape() && st.v.shape() == p.shape() && st.m.is_contiguous() && st.v.is_contiguous(),
           "AdamW: the state of parameter ", i, " (m ", st.m.shape().str(), ", v ", st.v.shape().str(),
           ") does not match its shape ", p.shape().str());
-      ++st.t;
       todo.push_back(i);
     }
+    ++steps_;
+    for (size_t i : todo) ++states_[i].t;
     if constexpr (std::is_same_v<D, Cpu>) {
       for (size_t i : todo) {
         const Param& p = params_[i];
