@@ -16,6 +16,12 @@ Tensor<T, Cuda> to_dev(const Tensor<T>& t) {
   return t.template to<Cuda>();
 }
 
+// Bitwise equality of device results (copied to the host).
+template <class T>
+bool same_bits(const Tensor<T, Cuda>& a, const Tensor<T, Cuda>& b) {
+  return same_bits(to_host(a), to_host(b));
+}
+
 // GPU results against a host reference: same tolerance table as the CPU cases.
 template <class T, class U>
 void check_close(const Tensor<T, Cuda>& got, const Tensor<U>& ref, Tol tol, const std::string& what) {

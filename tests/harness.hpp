@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -129,6 +130,16 @@ std::string shape_error_of(F fn) {
 }
 
 inline bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+// True when a and b have the same shape and the same bits at every element (views allowed; NaNs compare by
+// their bits). The bitwise-determinism and "same bits as the CPU" checks use it.
+template <class T>
+bool same_bits(const Tensor<T>& a, const Tensor<T>& b) {
+  if (a.shape() != b.shape()) return false;
+  for (int64_t i = 0; i < a.numel(); ++i)
+    if (std::memcmp(&a.flat(i), &b.flat(i), sizeof(T)) != 0) return false;
+  return true;
+}
 
 // Number of elements whose bf16 bit patterns differ.
 inline int64_t bit_mismatches(const Tensor<bf16>& a, const Tensor<bf16>& b) {

@@ -110,12 +110,6 @@ void check_grads(const DevGrads<T>& got, const Grads& want, const std::string& w
   check_close(got.dv, want.dv, tol, what + " dv");
 }
 
-template <class T>
-bool same_bits(const Tensor<T, Cuda>& a, const Tensor<T, Cuda>& b) {
-  const auto x = to_host(a), y = to_host(b);
-  return std::memcmp(x.data(), y.data(), sizeof(T) * static_cast<size_t>(x.numel())) == 0;
-}
-
 // f32 (the simple kernels) against the reference.
 void check_f32(const Case& c, uint64_t seed = 5) {
   INFO("case " << c.name << ": B=" << c.B << " T=" << c.T << " S=" << c.S << " H=" << c.H << " KV=" << c.KV

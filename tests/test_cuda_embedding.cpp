@@ -26,13 +26,6 @@ Shape with_back(Shape s, int64_t c) {
   return s;
 }
 
-template <class T>
-bool same_bits(const Tensor<T>& a, const Tensor<T>& b) {
-  if (a.shape() != b.shape()) return false;
-  const Tensor<T> x = a.contiguous(), y = b.contiguous();
-  return std::memcmp(x.data(), y.data(), sizeof(T) * static_cast<size_t>(x.numel())) == 0;
-}
-
 struct Case {
   int64_t V, C;
   Shape ids;

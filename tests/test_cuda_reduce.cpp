@@ -59,10 +59,6 @@ void check_graph(F f, const Tensor<T>& x, const Tensor<T>* seed, Tol tol, const 
   check_close(vd.grad(), vc.grad(), tol, what + ": gradient vs the Cpu graph");
 }
 
-bool same_bits(const Tensor<float>& a, const Tensor<float>& b) {
-  return a.numel() == b.numel() && std::memcmp(a.data(), b.data(), sizeof(float) * a.numel()) == 0;
-}
-
 template <class T>
 void sum_mean_case(bool mean, const char* dt) {
   const Tol tol = tol_for<T>();

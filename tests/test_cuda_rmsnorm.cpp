@@ -40,13 +40,6 @@ Inputs<T> inputs(const Shape& s, uint64_t seed, RmsNormStyle style) {
           Tensor<float>::uniform(s, seed + 2).cast<T>()};
 }
 
-bool bitwise_equal(const Tensor<float>& a, const Tensor<float>& b) {
-  if (a.shape() != b.shape()) return false;
-  for (int64_t i = 0; i < a.numel(); ++i)
-    if (std::memcmp(&a.data()[i], &b.data()[i], sizeof(float)) != 0) return false;
-  return true;
-}
-
 }  // namespace
 
 TEST_CASE("cuda:rms_norm") {
@@ -123,7 +116,7 @@ TEST_CASE("cuda:rms_norm") {
     const auto rstd = cuda::rms_norm_forward(x, w, kEps, RmsNormStyle::Weight).rstd;
     const auto a = to_host(cuda::rms_norm_backward(x, w, rstd, g, RmsNormStyle::Weight).dw);
     const auto b = to_host(cuda::rms_norm_backward(x, w, rstd, g, RmsNormStyle::Weight).dw);
-    CHECK_MESSAGE(bitwise_equal(a, b), "dw is bitwise identical across runs");
+    CHECK_MESSAGE(same_bits(a, b), "dw is bitwise identical across runs");
   }
 
   // --- gradients: the same Var graph on Cuda and on Cpu --------------------------------------------------

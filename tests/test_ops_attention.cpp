@@ -15,6 +15,7 @@
 using namespace distill;
 using distill::test::check_close;
 using distill::test::check_grad;
+using distill::test::same_bits;
 using distill::test::Tol;
 
 namespace {
@@ -142,13 +143,6 @@ void with_threads(int n, F&& fn) {
   (void)n;
   fn();
 #endif
-}
-
-bool same_bits(const Tensor<float>& a, const Tensor<float>& b) {
-  if (a.shape() != b.shape()) return false;
-  for (int64_t i = 0; i < a.numel(); ++i)
-    if (std::memcmp(&a.data()[i], &b.data()[i], sizeof(float)) != 0) return false;
-  return true;
 }
 
 }  // namespace
