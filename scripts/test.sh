@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The test command (README, CI): from nothing on Debian 12, as root (or with sudo), install what is
 # missing, check formatting, configure, build everything (tests, benchmarks, apps; the CUDA kernels when
-# nvcc is present) and run the whole test suite. Exits non-zero when anything fails.
+# nvcc is present), run the whole test suite, then fuzz every parser for a bounded time (clang libFuzzer).
+# Exits non-zero when anything fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-pkgs=(cmake ninja-build g++ ccache libeigen3-dev doctest-dev libbenchmark-dev clang-format)
+pkgs=(cmake ninja-build g++ ccache pkg-config libeigen3-dev doctest-dev libbenchmark-dev clang-format
+      nlohmann-json3-dev libcli11-dev libutf8proc-dev libpcre2-dev clang libclang-rt-dev libomp-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -28,3 +30,6 @@ cmake --build --preset ci
 
 echo "== tests"
 ctest --preset ci
+
+echo "== fuzz (libFuzzer, ${FUZZ_SECONDS:-20} s per target)"
+bash scripts/fuzz.sh
