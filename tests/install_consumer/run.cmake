@@ -14,3 +14,4 @@ run("${CMAKE_COMMAND}" -S "${CONSUMER}" -B "${root}/build" -G "${GENERATOR}" "-D
     "-DCMAKE_PREFIX_PATH=${root}/prefix" -DCMAKE_BUILD_TYPE=Release)
 run("${CMAKE_COMMAND}" --build "${root}/build")
 run("${root}/build/consumer")
+run("${root}/build/consumer_text")

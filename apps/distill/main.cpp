@@ -1,0 +1,64 @@
+// distill — a command-line tool for the Hugging Face files Distill reads and writes.
+//   distill tokenize --tokenizer DIR [--decode] < lines
+//   distill chat --tokenizer DIR [--generation-prompt] < messages.json
+//   distill inspect PATH
+// Errors are one line on stderr ("distill: error: ...") and exit status 1; usage errors exit 2.
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+
+#include "commands.hpp"
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "distill: tools for Hugging Face tokenizers, chat templates and safetensors checkpoints, as Distill reads "
+      "them"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "distill 0.1.0");
+
+  distill::app::TokenizeOptions tk;
+  auto* tokenize = app.add_subcommand(
+      "tokenize", "Text lines on stdin -> one JSON array of token ids per line (--decode: id arrays -> text lines)");
+  tokenize->add_option("--tokenizer,-t", tk.tokenizer, "tokenizer.json or a directory holding one")->required();
+  tokenize->add_flag("--decode,-d", tk.decode, "Read JSON arrays of ids, write decoded text");
+  tokenize->add_flag("--json", tk.json_text,
+                     "The text side is one JSON string per line (input when encoding, output when decoding), so "
+                     "text with newlines survives");
+  tokenize->add_flag("--add-special-tokens,!--no-add-special-tokens", tk.add_special_tokens,
+                     "Apply the post-processor, e.g. Gemma3's <bos> (default: on, like `tokenizers`)");
+  tokenize->add_flag("--skip-special-tokens,!--keep-special-tokens", tk.skip_special_tokens,
+                     "On --decode, drop special tokens (default: on, like `tokenizers`)");
+  tokenize->add_option("--threads,-j", tk.threads, "Encoding threads (0 = all cores)")->default_val(0);
+
+  distill::app::ChatOptions ch;
+  auto* chat = app.add_subcommand(
+      "chat", "A JSON list of messages on stdin -> the prompt rendered with the model's chat template");
+  chat->add_option("--tokenizer,-t", ch.tokenizer, "Tokenizer directory (tokenizer_config.json, tokenizer.json)");
+  chat->add_option("--format,-f", ch.format, "Chat format instead of detecting it: qwen3-thinking or gemma3")
+      ->check(CLI::IsMember({"qwen3-thinking", "gemma3"}));
+  chat->add_flag("--generation-prompt,-g", ch.generation_prompt,
+                 "Append the assistant header (Qwen3-Thinking also opens <think>)");
+  chat->add_flag("--ids", ch.ids, "Print {\"ids\", \"loss_mask\"} (needs --tokenizer)");
+  chat->add_flag("--spans", ch.spans, "Print {\"text\", \"assistant_spans\"} as JSON");
+
+  distill::app::InspectOptions in;
+  auto* inspect = app.add_subcommand(
+      "inspect", "A safetensors file or checkpoint directory -> tensor names, dtypes, shapes, sizes and totals");
+  inspect->add_option("path", in.path, "model.safetensors, a shard, an index.json, or a checkpoint directory")
+      ->required();
+  inspect->add_flag("--json", in.json, "Print JSON instead of a table");
+  inspect->add_option("--filter", in.filter, "Only tensors whose name contains this text");
+
+  CLI11_PARSE(app, argc, argv);
+  std::ios::sync_with_stdio(false);
+  try {
+    if (*tokenize) distill::app::run_tokenize(tk, std::cin, std::cout);
+    if (*chat) distill::app::run_chat(ch, std::cin, std::cout);
+    if (*inspect) distill::app::run_inspect(in, std::cout);
+  } catch (const std::exception& e) {
+    std::cout.flush();
+    std::fprintf(stderr, "distill: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
