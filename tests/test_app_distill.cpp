@@ -36,6 +36,8 @@ TEST_CASE("app: tokenize encodes lines and --decode reverses them (Qwen3)") {
   app::TokenizeOptions d = o;
   d.decode = true;
   CHECK(run_tok(d, ids) == text);
+  // CRLF input: the "\r" is dropped with the line end.
+  CHECK(run_tok(o, "Natalia sold clips\r\nx\r\n") == run_tok(o, "Natalia sold clips\nx\n"));
   // A bad id names the line.
   CHECK_THROWS_WITH_AS(run_tok(d, "[1,2]\n[999999999]\n"), doctest::Contains("stdin:2"), Error);
   CHECK_THROWS_WITH_AS(run_tok(d, "[1,2\n"), doctest::Contains("stdin:1"), Error);

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -288,4 +289,19 @@ TEST_CASE("jsonl: writer refuses ill-formed UTF-8 and reports the record") {
   CHECK_THROWS_WITH_AS(w.write({{"a", 1}}), doctest::Contains("writer is closed"), Error);
   CHECK_THROWS_WITH_AS(JsonlWriter((t.dir / "no" / "such" / "dir.jsonl").string(), false),
                        doctest::Contains("cannot open for writing"), Error);
+}
+
+TEST_CASE("jsonl: an unlimited line length (SIZE_MAX) grows the buffer without wrapping") {
+  TempDir t;
+  const std::string big(5000, 'x');
+  const std::string p = t.write("u.jsonl", "{\"s\": \"" + big + "\"}\n{\"s\": \"y\"}\n");
+  for (size_t limit : {SIZE_MAX, SIZE_MAX - 1, SIZE_MAX - 2}) {
+    JsonlReader r(p, limit);
+    nlohmann::json j;
+    REQUIRE(r.next(j));
+    CHECK(j["s"].get_ref<const std::string&>() == big);
+    REQUIRE(r.next(j));
+    CHECK(j["s"] == "y");
+    CHECK_FALSE(r.next(j));
+  }
 }

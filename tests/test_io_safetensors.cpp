@@ -486,3 +486,15 @@ TEST_CASE("safetensors: the writer refuses what it cannot write faithfully") {
                        doctest::Contains("is not valid UTF-8"), Error);
   CHECK_THROWS_WITH_AS(serialize_safetensors({}, {{"k", "\xc0\x80"}}), doctest::Contains("metadata value"), Error);
 }
+
+TEST_CASE("safetensors: empty tensors whose other dims multiply past int64 are refused") {
+  // The reference accepts these (its element count is 0), but numel(), strides and partial products over the
+  // non-zero dims would overflow int64 here; no real checkpoint has such a shape.
+  auto parse = [](const std::string& shape) {
+    return parse_safetensors(raw_file("{\"e\":{\"dtype\":\"F32\",\"shape\":" + shape + ",\"data_offsets\":[0,0]}}"),
+                             "x.safetensors");
+  };
+  CHECK_THROWS_WITH_AS(parse("[3,4611686018427387904,0]"), doctest::Contains("\"e\""), Error);
+  CHECK_THROWS_WITH_AS(parse("[0,9223372036854775807,9223372036854775807]"), doctest::Contains("overflows"), Error);
+  CHECK(parse("[0,9223372036854775807]").tensors[0].numel() == 0);
+}

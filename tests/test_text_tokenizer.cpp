@@ -1549,3 +1549,9 @@ TEST_CASE("text tokenizer: real Gemma3 tokenizer.json spot checks (SPEC 4.5)") {
   CHECK_FALSE(t.is_special(107));
   CHECK(t.decode(Ids{2, 105, 2364, 107}) == "user\n");
 }
+
+TEST_CASE("tokenizer: a vocab id of INT32_MAX is a clear error, not an overflow") {
+  const char* json = R"({"model": {"type": "BPE", "vocab": {"a": 2147483647}, "merges": []}})";
+  CHECK_THROWS_WITH_AS(distill::text::Tokenizer::from_json(json, "big.json"), doctest::Contains("big.json"),
+                       distill::Error);
+}

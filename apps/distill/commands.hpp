@@ -40,8 +40,9 @@ struct TokenizeOptions {
 
 namespace detail {
 
+// std::getline has removed the "\n"; a "\r" left by CRLF input goes too (use --json for a text ending in "\r").
 inline std::string strip_eol(std::string s) {
-  if (!s.empty() && s.back() == '\n') s.pop_back();
+  if (!s.empty() && s.back() == '\r') s.pop_back();
   return s;
 }
 

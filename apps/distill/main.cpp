@@ -39,7 +39,7 @@ int main(int argc, char** argv) {
   chat->add_flag("--generation-prompt,-g", ch.generation_prompt,
                  "Append the assistant header (Qwen3-Thinking also opens <think>)");
   chat->add_flag("--ids", ch.ids, "Print {\"ids\", \"loss_mask\"} (needs --tokenizer)");
-  chat->add_flag("--spans", ch.spans, "Print {\"text\", \"assistant_spans\"} as JSON");
+  chat->add_flag("--spans", ch.spans, "Print {\"text\", \"assistant_spans\"} as JSON")->excludes("--ids");
 
   distill::app::InspectOptions in;
   auto* inspect = app.add_subcommand(
@@ -49,12 +49,19 @@ int main(int argc, char** argv) {
   inspect->add_flag("--json", in.json, "Print JSON instead of a table");
   inspect->add_option("--filter", in.filter, "Only tensors whose name contains this text");
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);  // prints the help, the version, or the usage error
+    return rc == 0 ? 0 : 2;
+  }
   std::ios::sync_with_stdio(false);
   try {
     if (*tokenize) distill::app::run_tokenize(tk, std::cin, std::cout);
     if (*chat) distill::app::run_chat(ch, std::cin, std::cout);
     if (*inspect) distill::app::run_inspect(in, std::cout);
+    std::cout.flush();
+    if (!std::cout) throw distill::Error("cannot write to stdout");
   } catch (const std::exception& e) {
     std::cout.flush();
     std::fprintf(stderr, "distill: error: %s\n", e.what());

@@ -22,6 +22,10 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #endif
 #include <pcre2.h>
+#if PCRE2_CODE_UNIT_WIDTH != 8
+#error \
+    "distill needs PCRE2's 8-bit API: define PCRE2_CODE_UNIT_WIDTH 8 (or leave it undefined) before including pcre2.h"
+#endif
 #include <utf8proc.h>
 
 #include <algorithm>

@@ -122,7 +122,7 @@ class JsonlReader {
       close_fd();
       throw Error(path_ + ": is a directory, not a JSONL file");
     }
-    cap_ = std::min<size_t>(size_t{1} << 20, opts_.max_line_bytes + 2);
+    cap_ = std::min<size_t>(size_t{1} << 20, line_cap());
     cap_ = std::max<size_t>(cap_, 64);
     buf_.reset(new char[cap_]);
     data_ = buf_.get();
@@ -262,6 +262,8 @@ class JsonlReader {
                   std::to_string(opts_.max_line_bytes) + " bytes");
   }
   // Moves the unread rest to the front, grows the buffer when a line does not fit, and reads more.
+  // Buffer bytes a line may need (the limit plus CR LF), saturating for "unlimited" limits near SIZE_MAX.
+  size_t line_cap() const { return opts_.max_line_bytes > SIZE_MAX - 2 ? SIZE_MAX : opts_.max_line_bytes + 2; }
   void refill() {
     if (pos_ > 0) {
       std::memmove(buf_.get(), buf_.get() + pos_, end_ - pos_);
@@ -271,7 +273,7 @@ class JsonlReader {
     }
     scan_ = end_;
     if (end_ == cap_) {  // the pending line fills the buffer but is within the limit: grow
-      const size_t cap = std::min(cap_ * 2, opts_.max_line_bytes + 2);
+      const size_t cap = std::max(std::min(cap_ > SIZE_MAX / 2 ? SIZE_MAX : cap_ * 2, line_cap()), end_ + 1);
       std::unique_ptr<char[]> nb(new char[cap]);
       std::memcpy(nb.get(), buf_.get(), end_);
       buf_ = std::move(nb);

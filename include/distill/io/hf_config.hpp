@@ -266,6 +266,8 @@ inline ModelConfig parse_model_config(const nlohmann::json& top, std::string_vie
   c.hidden_size = r.positive_int("hidden_size", qwen ? 4096 : 2304);
   c.intermediate_size = r.positive_int("intermediate_size", qwen ? 22016 : 9216);
   c.num_hidden_layers = r.positive_int("num_hidden_layers", qwen ? 32 : 26);
+  if (c.num_hidden_layers > 100000)  // per-layer tables are built from this; no real model comes close
+    r.fail("num_hidden_layers", std::to_string(c.num_hidden_layers) + " is implausibly large (limit 100000)");
   c.num_attention_heads = r.positive_int("num_attention_heads", qwen ? 32 : 8);
   if (qwen && r.has("num_key_value_heads") && r.at("num_key_value_heads").is_null())
     c.num_key_value_heads = c.num_attention_heads;  // Qwen3Config: None means "as many as query heads"
@@ -292,7 +294,7 @@ inline ModelConfig parse_model_config(const nlohmann::json& top, std::string_vie
     if (!qwen) c.eos_token_ids = {1};
   } else if (const auto& e = r.at("eos_token_id"); e.is_array()) {
     for (const auto& x : e) {
-      if (!x.is_number_integer())
+      if (!x.is_number_integer() || (x.is_number_unsigned() && x.get<uint64_t>() > INT64_MAX))
         r.fail("eos_token_id", "must be an integer or a list of integers, found " + ConfigReader::shown(e));
       c.eos_token_ids.push_back(x.get<int64_t>());
     }

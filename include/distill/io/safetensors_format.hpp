@@ -276,8 +276,8 @@ inline TensorInfo parse_tensor_entry(const std::string& name, const nlohmann::js
   if (!sh.is_array()) st_fail_tensor(file, name, std::string("shape must be an array, found ") + sh.type_name());
   // Elements, then bytes, with overflow checks in the reference's order (a later 0 does not excuse an
   // earlier overflow).
-  uint64_t numel = 1;
-  bool overflow = false;
+  uint64_t numel = 1, nonzero = 1;  // nonzero: product of the non-zero dims, kept within int64 so that
+  bool overflow = false;            // numel(), strides and partial products never overflow downstream
   for (const auto& d : sh) {
     uint64_t v = 0;
     if (!json_to_u64(d, v))
@@ -286,6 +286,12 @@ inline TensorInfo parse_tensor_entry(const std::string& name, const nlohmann::js
     if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) overflow = true;
     if (!overflow && v != 0 && numel > std::numeric_limits<uint64_t>::max() / v) overflow = true;
     if (!overflow) numel *= v;
+    if (v != 0) {
+      if (nonzero > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / v)
+        overflow = true;
+      else
+        nonzero *= v;
+    }
     t.shape.push_back(static_cast<int64_t>(std::min<uint64_t>(v, std::numeric_limits<int64_t>::max())));
   }
   const uint64_t esize = dtype_size(t.dtype);

@@ -94,7 +94,7 @@ class BpeModel {
       b.vocab_.set(it.key(), id);
       max_id = std::max(max_id, id);
     }
-    if (static_cast<size_t>(max_id + 1) > 2 * b.vocab_.size() + 65536)
+    if (static_cast<size_t>(static_cast<int64_t>(max_id) + 1) > 2 * b.vocab_.size() + 65536)
       vocab.fail("ids are too sparse: largest id " + std::to_string(max_id) + " for " +
                  std::to_string(b.vocab_.size()) + " tokens");
     b.id_to_token_.assign(static_cast<size_t>(max_id + 1), std::string());
