@@ -240,6 +240,8 @@ inline std::string describe_config(const io::ModelConfig& c) {
   if (sliding) os << ", " << sliding << " sliding-window layers (window " << c.sliding_window.value_or(0) << ")";
   os << ", rope theta " << c.rope_full.theta;
   if (sliding && c.rope_sliding.theta != c.rope_full.theta) os << " (sliding " << c.rope_sliding.theta << ")";
+  if (c.final_logit_softcapping) os << ", final logit softcap " << *c.final_logit_softcapping;
+  if (c.attn_logit_softcapping) os << ", attention logit softcap " << *c.attn_logit_softcapping;
   if (c.tie_word_embeddings) os << ", tied embeddings";
   if (!c.dtype.empty()) os << ", " << c.dtype;
   return os.str();
