@@ -157,18 +157,18 @@ TEST_CASE("text_chat: Gemma trim is Python str.strip (Unicode whitespace, nothin
                                         "\u2028", "\u2029", "\u202f", "\u205f", "\u3000"};
   for (const auto& s : spaces) {
     CAPTURE(s);
-    CHECK(dt::detail::py_strip(s + "x" + s + s) == "x");
+    CHECK(dt::utf8::py_strip(s + "x" + s + s) == "x");
   }
   for (const std::string s : {"\u200b", "\ufeff", "\u180e", "\u00ad", "\x7f"}) {
     CAPTURE(s);
-    CHECK(dt::detail::py_strip(s + "x" + s) == s + "x" + s);
+    CHECK(dt::utf8::py_strip(s + "x" + s) == s + "x" + s);
   }
-  CHECK(dt::detail::py_strip("") == "");
-  CHECK(dt::detail::py_strip(" \u3000 ") == "");
+  CHECK(dt::utf8::py_strip("") == "");
+  CHECK(dt::utf8::py_strip(" \u3000 ") == "");
   // malformed UTF-8 is never whitespace: stripping stops at it and keeps it
-  CHECK(dt::detail::py_strip(" \xa0x\xc2 ") == "\xa0x\xc2");
-  CHECK(dt::detail::py_strip("\xe3\x80 x") == "\xe3\x80 x");
-  CHECK(dt::detail::py_strip(" \xc0\xa0 ") == "\xc0\xa0");  // overlong U+0020
+  CHECK(dt::utf8::py_strip(" \xa0x\xc2 ") == "\xa0x\xc2");
+  CHECK(dt::utf8::py_strip("\xe3\x80 x") == "\xe3\x80 x");
+  CHECK(dt::utf8::py_strip(" \xc0\xa0 ") == "\xc0\xa0");  // overlong U+0020
   const std::vector<Message> m{{"user", "\u3000 hi\u2029"}};
   CHECK(render_chat(ChatFormat::Gemma3, m).text == "<bos><start_of_turn>user\nhi<end_of_turn>\n");
 }

@@ -38,6 +38,7 @@
 #include <vector>
 
 #include "distill/core/error.hpp"
+#include "distill/text/utf8.hpp"
 
 namespace distill::data {
 
@@ -45,62 +46,19 @@ inline constexpr std::string_view kInvalidAnswer = "[invalid]";
 
 namespace detail {
 
-// Decodes the code point at s[i]: returns the bytes consumed (>= 1). For an ill-formed sequence `ok` is false
-// and the length is that of its maximal subpart (Unicode §3.9, as Python's decoder with errors="replace").
-inline size_t utf8_next(std::string_view s, size_t i, char32_t& cp, bool& ok) {
-  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned char c = b(i);
-  ok = false;
-  cp = 0xFFFD;
-  if (c < 0x80) {
-    ok = true;
-    cp = c;
-    return 1;
-  }
-  int need = 0;
-  unsigned char lo = 0x80, hi = 0xBF;
-  if (c >= 0xC2 && c <= 0xDF) {
-    need = 1;
-  } else if (c >= 0xE0 && c <= 0xEF) {
-    need = 2;
-    if (c == 0xE0) lo = 0xA0;
-    if (c == 0xED) hi = 0x9F;
-  } else if (c >= 0xF0 && c <= 0xF4) {
-    need = 3;
-    if (c == 0xF0) lo = 0x90;
-    if (c == 0xF4) hi = 0x8F;
-  } else {
-    return 1;
-  }
-  char32_t v = c & (0x3F >> need);
-  size_t k = i + 1;
-  for (int n = 0; n < need; ++n, ++k) {
-    if (k >= s.size()) return k - i;
-    const unsigned char t = b(k);
-    if (t < lo || t > hi) return k - i;
-    v = (v << 6) | (t & 0x3F);
-    lo = 0x80;
-    hi = 0xBF;
-  }
-  ok = true;
-  cp = v;
-  return k - i;
-}
-
-inline void utf8_append(std::string& out, char32_t cp) {
-  utf8proc_uint8_t buf[4];
-  const auto n = utf8proc_encode_char(static_cast<utf8proc_int32_t>(cp), buf);
-  out.append(reinterpret_cast<const char*>(buf), static_cast<size_t>(n));
-}
-
+// The code points of s; each maximal ill-formed subpart becomes U+FFFD (Python's decode with errors="replace").
 inline std::vector<char32_t> utf8_decode(std::string_view s) {
   std::vector<char32_t> cps;
   cps.reserve(s.size());
-  char32_t cp;
-  bool ok;
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
   for (size_t i = 0; i < s.size();) {
-    i += utf8_next(s, i, cp, ok);
-    cps.push_back(cp);
+    const int l = text::utf8::sequence_length(p + i, s.size() - i);
+    if (l > 0) {
+      cps.push_back(text::utf8::next(s, i));
+    } else {
+      cps.push_back(text::utf8::kReplacement);
+      i += static_cast<size_t>(-l);
+    }
   }
   return cps;
 }
@@ -108,57 +66,8 @@ inline std::vector<char32_t> utf8_decode(std::string_view s) {
 inline std::string utf8_encode(const std::vector<char32_t>& cps) {
   std::string out;
   out.reserve(cps.size());
-  for (char32_t c : cps) utf8_append(out, c);
+  for (char32_t c : cps) text::utf8::append(out, c);
   return out;
-}
-
-// `s` as valid UTF-8: unchanged when it already is, else with ill-formed parts replaced by U+FFFD.
-inline std::string utf8_sanitize(std::string_view s) {
-  char32_t cp;
-  bool ok;
-  size_t i = 0;
-  while (i < s.size()) {
-    const size_t n = utf8_next(s, i, cp, ok);
-    if (!ok) break;
-    i += n;
-  }
-  if (i == s.size()) return std::string(s);
-  std::string out(s.substr(0, i));
-  while (i < s.size()) {
-    const size_t n = utf8_next(s, i, cp, ok);
-    if (ok)
-      out.append(s.substr(i, n));
-    else
-      utf8_append(out, 0xFFFD);
-    i += n;
-  }
-  return out;
-}
-
-// Python's str.isspace() (Unicode White_Space plus the separators \x1c-\x1f).
-inline bool py_isspace(char32_t c) {
-  return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
-}
-
-// Python's str.strip() with no argument, on valid UTF-8.
-inline std::string_view py_strip(std::string_view s) {
-  size_t b = 0, e = s.size();
-  char32_t cp;
-  bool ok;
-  while (b < e) {
-    const size_t n = utf8_next(s, b, cp, ok);
-    if (!py_isspace(cp)) break;
-    b += n;
-  }
-  while (e > b) {
-    size_t k = e - 1;
-    while (k > b && (static_cast<unsigned char>(s[k]) & 0xC0) == 0x80) --k;
-    utf8_next(s, k, cp, ok);
-    if (!py_isspace(cp)) break;
-    e = k;
-  }
-  return s.substr(b, e - b);
 }
 
 // Unicode Cased / Case_Ignorable, as Python's Final_Sigma rule uses them (approximated from utf8proc's
@@ -358,7 +267,7 @@ class PyRegex {
 // Calculator annotations removed: re.sub(r"<<.*?>>", "", text), written out so that it stays linear on text
 // with many "<<" and no ">>" on the same line (the regex would rescan the line from every "<<").
 inline std::string strip_calculator_annotations(std::string_view text) {
-  const std::string s = detail::utf8_sanitize(text);
+  const std::string s = text::utf8::repair(text);
   std::string out;
   size_t last = 0;
   for (size_t p = s.find("<<"); p != std::string::npos;) {
@@ -381,11 +290,11 @@ inline std::string strip_calculator_annotations(std::string_view text) {
 // The OpenAI reference gold answer (extract_answer): "1,234" → "1234"; "[invalid]" without "#### N".
 inline std::string gsm8k_gold_answer(std::string_view answer) {
   static const detail::PyRegex re(R"(#### (\-?[0-9\.\,]+))");
-  const std::string s = detail::utf8_sanitize(answer);
+  const std::string s = text::utf8::repair(answer);
   const auto m = re.search(s, 1);
   if (!m) return std::string(kInvalidAnswer);
   std::string out;
-  for (char c : detail::py_strip(*m))
+  for (char c : text::utf8::py_strip(*m))
     if (c != ',') out.push_back(c);
   return out;
 }
@@ -399,7 +308,7 @@ class RegexFilter {
       : re_(pattern), group_select_(group_select), fallback_(std::move(fallback)) {}
 
   std::string apply(std::string_view response) const {
-    const std::string s = detail::utf8_sanitize(response);
+    const std::string s = text::utf8::repair(response);
     // Keep only the match group_select picks: the k-th from the front, or the last |k| seen.
     const size_t keep = group_select_ >= 0 ? 1 : static_cast<size_t>(-static_cast<int64_t>(group_select_));
     std::vector<std::vector<PCRE2_SIZE>> kept;
@@ -435,7 +344,7 @@ class RegexFilter {
           break;
         }
     }
-    return std::string(detail::py_strip(m));
+    return std::string(text::utf8::py_strip(m));
   }
 
   const std::string& pattern() const { return re_.pattern(); }
@@ -459,7 +368,7 @@ class ExactMatch {
 
   // The string that gets compared.
   std::string normalize(std::string_view text) const {
-    std::string s = detail::utf8_sanitize(text);
+    std::string s = text::utf8::repair(text);
     for (const auto& re : regexes_) {
       s = re->sub(s, "");
       detail::drop_trailing_nuls(s);  // np.array(...) of str drops trailing NULs
@@ -534,11 +443,11 @@ inline const LmEvalGsm8k& lm_eval_gsm8k(Gsm8kTask task = Gsm8kTask::kGsm8k) {
 
 // The task's reference string for a GSM8K answer (doc_to_target).
 inline std::string lm_eval_gsm8k_target(std::string_view answer, Gsm8kTask task = Gsm8kTask::kGsm8k) {
-  const std::string s = detail::utf8_sanitize(answer);
+  const std::string s = text::utf8::repair(answer);
   if (!lm_eval_gsm8k(task).target_after_last_hashes) return s;
   const size_t p = s.rfind("####");
   return std::string(
-      detail::py_strip(p == std::string::npos ? std::string_view(s) : std::string_view(s).substr(p + 4)));
+      text::utf8::py_strip(p == std::string::npos ? std::string_view(s) : std::string_view(s).substr(p + 4)));
 }
 
 }  // namespace distill::data

@@ -120,13 +120,13 @@ inline std::string unwrap_commands(std::string_view s, std::initializer_list<std
 
 // Python str.strip() and then any trailing "." (and whitespace around them) removed.
 inline std::string_view trim_answer(std::string_view s) {
-  s = py_strip(s);
+  s = text::utf8::py_strip(s);
   while (!s.empty()) {
     if (s.back() == '.') {
       s.remove_suffix(1);
       continue;
     }
-    const std::string_view t = py_strip(s);
+    const std::string_view t = text::utf8::py_strip(s);
     if (t.size() == s.size()) break;
     s = t;
   }
@@ -203,7 +203,7 @@ inline std::optional<std::string> fraction_to_decimal(std::string_view s) {
 // "18.00" → "18"), an integer fraction that terminates becomes its decimal ("\frac{1}{2}" → "0.5"), and text
 // holding exactly one number becomes that number ("18 dollars" → "18"); anything else stays as text.
 inline std::string normalize_answer(std::string_view answer) {
-  std::string s = detail::replace_all(detail::utf8_sanitize(answer), "\u2212", "-");
+  std::string s = detail::replace_all(text::utf8::repair(answer), "\u2212", "-");
   s = detail::unwrap_commands(s, {"\\textbf", "\\text", "\\mathrm", "\\mathbf", "\\mbox", "\\boxed"});
   s = detail::replace_all(s, "\\dfrac", "\\frac");
   s = detail::replace_all(s, "\\tfrac", "\\frac");
@@ -225,7 +225,7 @@ inline std::string normalize_answer(std::string_view answer) {
 
 // The content of the last complete \boxed{...} (braces balanced; "\{", "\}" do not count), unnormalized.
 inline std::optional<std::string> extract_boxed(std::string_view text) {
-  const std::string s = detail::utf8_sanitize(text);
+  const std::string s = text::utf8::repair(text);
   const auto pairs = detail::brace_pairs(s);
   for (size_t p = s.rfind("\\boxed"); p != std::string::npos;
        p = p == 0 ? std::string::npos : s.rfind("\\boxed", p - 1)) {
@@ -241,7 +241,7 @@ inline std::optional<std::string> extract_boxed(std::string_view text) {
 // The number after the first "#### " (the OpenAI / lm-eval strict regex), unnormalized.
 inline std::optional<std::string> extract_hash_answer(std::string_view text) {
   static const detail::PyRegex re(R"(#### (\-?[0-9\.\,]+))");
-  const std::string s = detail::utf8_sanitize(text);
+  const std::string s = text::utf8::repair(text);
   const auto m = re.search(s, 1);
   return m ? std::optional<std::string>(std::string(*m)) : std::nullopt;
 }
@@ -250,7 +250,7 @@ inline std::optional<std::string> extract_hash_answer(std::string_view text) {
 inline std::optional<std::string> extract_answer_phrase(std::string_view text) {
   static const detail::PyRegex re(
       R"((?i)\bthe\s+(?:final\s+)?answer\s+is\s*:?\s*(?:\*\*)?\s*\\?\$?\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?))");
-  const std::string s = detail::utf8_sanitize(text);
+  const std::string s = text::utf8::repair(text);
   std::optional<std::string> out;
   re.finditer(s, [&](const PCRE2_SIZE* ov) {
     out = s.substr(ov[2], ov[3] - ov[2]);
@@ -269,7 +269,7 @@ inline std::optional<std::string> extract_last_number(std::string_view text) {
 // Our answer for a model output (rule in the file comment), normalized; nullopt when there is none (an empty
 // \boxed{} counts as the answer and gives nullopt).
 inline std::optional<std::string> extract_model_answer(std::string_view output) {
-  const std::string s = detail::replace_all(detail::utf8_sanitize(output), "\u2212", "-");
+  const std::string s = detail::replace_all(text::utf8::repair(output), "\u2212", "-");
   std::optional<std::string> raw = extract_boxed(s);
   if (!raw) raw = extract_hash_answer(s);
   if (!raw) raw = extract_answer_phrase(s);

@@ -25,6 +25,7 @@
 #include <nlohmann/json.hpp>
 
 #include "distill/core/error.hpp"
+#include "distill/text/utf8.hpp"
 
 namespace distill::text {
 
@@ -68,72 +69,6 @@ inline std::string_view chat_format_name(ChatFormat f) {
 }
 
 namespace detail {
-
-// Python's str.isspace() code points, which str.strip() (and so Jinja's `trim`) removes.
-inline bool py_isspace(char32_t c) {
-  if (c <= 0x20) return c == 0x20 || (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x1f);
-  switch (c) {
-    case 0x85:
-    case 0xa0:
-    case 0x1680:
-    case 0x2028:
-    case 0x2029:
-    case 0x202f:
-    case 0x205f:
-    case 0x3000:
-      return true;
-    default:
-      return c >= 0x2000 && c <= 0x200a;
-  }
-}
-
-// Decodes one well-formed UTF-8 sequence of s starting at i; its length, or 0 when malformed (such bytes are
-// never whitespace, so trimming stops there).
-inline size_t utf8_decode(std::string_view s, size_t i, char32_t& cp) {
-  const auto b = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned char c = b(i);
-  size_t n = 0;
-  if (c < 0x80) {
-    cp = c;
-    return 1;
-  } else if ((c & 0xe0) == 0xc0) {
-    n = 2, cp = c & 0x1f;
-  } else if ((c & 0xf0) == 0xe0) {
-    n = 3, cp = c & 0x0f;
-  } else if ((c & 0xf8) == 0xf0) {
-    n = 4, cp = c & 0x07;
-  } else {
-    return 0;
-  }
-  if (i + n > s.size()) return 0;
-  for (size_t k = 1; k < n; ++k) {
-    if ((b(i + k) & 0xc0) != 0x80) return 0;
-    cp = (cp << 6) | (b(i + k) & 0x3f);
-  }
-  static constexpr char32_t kMin[5] = {0, 0, 0x80, 0x800, 0x10000};
-  if (cp < kMin[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0;
-  return n;
-}
-
-// Python str.strip() with no argument: leading and trailing Unicode whitespace.
-inline std::string_view py_strip(std::string_view s) {
-  size_t b = 0;
-  char32_t cp = 0;
-  while (b < s.size()) {
-    const size_t n = utf8_decode(s, b, cp);
-    if (n == 0 || !py_isspace(cp)) break;
-    b += n;
-  }
-  size_t e = s.size();
-  while (e > b) {
-    size_t start = e - 1;  // back over continuation bytes to the lead byte (at most 3)
-    while (start > b && e - start < 4 && (static_cast<unsigned char>(s[start]) & 0xc0) == 0x80) --start;
-    const size_t n = utf8_decode(s, start, cp);
-    if (n != e - start || !py_isspace(cp)) break;
-    e = start;
-  }
-  return s.substr(b, e - b);
-}
 
 // str.lstrip('\n'), str.rstrip('\n'), str.strip('\n').
 inline std::string_view lstrip_nl(std::string_view s) {
@@ -255,13 +190,13 @@ inline RenderedChat render_gemma3(std::span<const Message> msgs, bool add_genera
     if (k == 0) t += first_user_prefix;
     const size_t begin = t.size();
     if (m.kind == ContentKind::Text) {
-      t.append(py_strip(m.content));
+      t.append(utf8::py_strip(m.content));
     } else if (m.kind == ContentKind::Parts) {
       for (const ContentPart& p : m.parts) {
         if (p.type == "image")
           t += "<start_of_image>";
         else if (p.type == "text" && p.text)
-          t.append(py_strip(*p.text));
+          t.append(utf8::py_strip(*p.text));
       }
     }  // Missing content is an undefined value, which Jinja iterates as an empty list
     t += "<end_of_turn>";

@@ -160,4 +160,46 @@ inline std::string_view valid_view(std::string_view s, std::string& storage) {
   return storage;
 }
 
+// Python's str.isspace() code points (Unicode White_Space plus the separators \x1c-\x1f): what str.strip(),
+// and so Jinja's `trim`, removes.
+inline bool py_isspace(char32_t c) {
+  if (c <= 0x20) return c == 0x20 || (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x1f);
+  switch (c) {
+    case 0x85:
+    case 0xa0:
+    case 0x1680:
+    case 0x2028:
+    case 0x2029:
+    case 0x202f:
+    case 0x205f:
+    case 0x3000:
+      return true;
+    default:
+      return c >= 0x2000 && c <= 0x200a;
+  }
+}
+
+// Python str.strip() with no argument: leading and trailing Unicode whitespace. Ill-formed bytes are never
+// whitespace, so trimming stops at them.
+inline std::string_view py_strip(std::string_view s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  size_t b = 0;
+  while (b < s.size()) {
+    if (sequence_length(p + b, s.size() - b) < 0) break;
+    size_t k = b;
+    if (!py_isspace(next(s, k))) break;
+    b = k;
+  }
+  size_t e = s.size();
+  while (e > b) {
+    size_t start = e - 1;  // back over continuation bytes to the lead byte (at most 3)
+    while (start > b && e - start < 4 && (p[start] & 0xc0) == 0x80) --start;
+    if (sequence_length(p + start, e - start) != static_cast<int>(e - start)) break;
+    size_t k = start;
+    if (!py_isspace(next(s, k))) break;
+    e = start;
+  }
+  return s.substr(b, e - b);
+}
+
 }  // namespace distill::text::utf8
