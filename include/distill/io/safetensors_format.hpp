@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "distill/core/error.hpp"
+#include "distill/core/utf8.hpp"
 
 namespace distill::io {
 
@@ -160,34 +161,10 @@ inline std::string quote_name(std::string_view s) {
 // Offset of the first byte that is not part of valid UTF-8 (overlongs, surrogates and > U+10FFFF are invalid,
 // as in Rust's str::from_utf8), or npos.
 inline size_t utf8_invalid_at(std::span<const uint8_t> s) {
-  size_t i = 0;
-  const size_t n = s.size();
-  while (i < n) {
-    const uint8_t c = s[i];
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    size_t len = 0;
-    uint8_t lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) {
-      len = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-      len = 3;
-      if (c == 0xE0) lo = 0xA0;
-      if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-      len = 4;
-      if (c == 0xF0) lo = 0x90;
-      if (c == 0xF4) hi = 0x8F;
-    } else {
-      return i;
-    }
-    if (n - i < len) return i;
-    if (s[i + 1] < lo || s[i + 1] > hi) return i;
-    for (size_t k = 2; k < len; ++k)
-      if (s[i + k] < 0x80 || s[i + k] > 0xBF) return i;
-    i += len;
+  for (size_t i = 0; i < s.size();) {
+    const int l = utf8::sequence_length(s.data() + i, s.size() - i);
+    if (l < 0) return i;
+    i += static_cast<size_t>(l);
   }
   return std::string_view::npos;
 }
