@@ -2,17 +2,20 @@
 //   distill tokenize --tokenizer DIR [--decode] < lines
 //   distill chat --tokenizer DIR [--generation-prompt] < messages.json
 //   distill inspect PATH
+//   distill generate --model DIR [--prompt TEXT] [sampling flags]
+//   distill logits --model DIR < ids.json
 // Errors are one line on stderr ("distill: error: ...") and exit status 1; usage errors exit 2.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
 
 #include "commands.hpp"
+#include "model_commands.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{
-      "distill: tools for Hugging Face tokenizers, chat templates and safetensors checkpoints, as Distill reads "
-      "them"};
+      "distill: Hugging Face tokenizers, chat templates, safetensors checkpoints and Qwen3/Gemma3 models, as "
+      "Distill reads and runs them"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "distill 0.1.0");
 
@@ -49,6 +52,40 @@ int main(int argc, char** argv) {
   inspect->add_flag("--json", in.json, "Print JSON instead of a table");
   inspect->add_option("--filter", in.filter, "Only tensors whose name contains this text");
 
+  distill::app::GenerateCmd gen;
+  auto* generate = app.add_subcommand(
+      "generate",
+      "Generate from a Qwen3/Gemma3 checkpoint: the prompt is rendered with the model's chat template, the "
+      "answer streams to stdout, a tokens/s line goes to stderr");
+  generate->add_option("--model,-m", gen.model, "Checkpoint directory (config.json, safetensors, tokenizer files)")
+      ->required();
+  generate->add_option("--prompt,-p", gen.prompt, "The user message (default: read stdin)");
+  generate->add_option("--system", gen.system, "A system message");
+  generate->add_option("--prompt-ids", gen.prompt_ids,
+                       "Comma-separated token ids instead of text (no tokenizer needed; prints ids)");
+  generate->add_flag("--raw", gen.raw, "Encode the prompt as is, without the chat template");
+  generate->add_option("--max-new-tokens,-n", gen.max_new_tokens,
+                       "Tokens to generate at most (default: generation_config.json's, else 512)");
+  generate->add_flag("--greedy", gen.greedy, "Greedy decoding (overrides generation_config.json's sampling)");
+  generate->add_option("--temperature", gen.temperature, "Sampling temperature (> 0)");
+  generate->add_option("--top-k", gen.top_k, "Keep the k most likely tokens (0: off)");
+  generate->add_option("--top-p", gen.top_p, "Nucleus sampling mass in (0, 1]");
+  generate->add_option("--min-p", gen.min_p, "Drop tokens below min_p times the top probability");
+  generate->add_option("--seed", gen.seed, "Sampling seed")->default_val(0);
+  generate->add_flag("--ignore-eos", gen.ignore_eos, "Do not stop at the stop ids (benchmarks)");
+  generate->add_option("--dtype", gen.dtype, "Weights and activations in memory: f32 or bf16")
+      ->default_val("f32")
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  generate->add_option("--threads,-j", gen.threads, "CPU threads (0: all cores)")->default_val(0);
+
+  distill::app::LogitsCmd lg;
+  auto* logits = app.add_subcommand(
+      "logits", "Token ids as JSON on stdin ([ids] or [[ids], ...]) -> the logits of every position as JSON");
+  logits->add_option("--model,-m", lg.model, "Checkpoint directory (config.json, safetensors)")->required();
+  logits->add_flag("--last", lg.last, "Only the last position of each sequence");
+  logits->add_option("--dtype", lg.dtype, "f32 or bf16")->default_val("f32")->check(CLI::IsMember({"f32", "bf16"}));
+  logits->add_option("--threads,-j", lg.threads, "CPU threads (0: all cores)")->default_val(0);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -60,6 +97,8 @@ int main(int argc, char** argv) {
     if (*tokenize) distill::app::run_tokenize(tk, std::cin, std::cout);
     if (*chat) distill::app::run_chat(ch, std::cin, std::cout);
     if (*inspect) distill::app::run_inspect(in, std::cout);
+    if (*generate) distill::app::run_generate(gen, std::cin, std::cout, std::cerr);
+    if (*logits) distill::app::run_logits(lg, std::cin, std::cout);
     std::cout.flush();
     if (!std::cout) throw distill::Error("cannot write to stdout");
   } catch (const std::exception& e) {

@@ -1,0 +1,198 @@
+// Batched generation over a KV cache: greedy or sampled (temperature -> top-k -> top-p -> min-p, seeded), several
+// stop ids, max new tokens, rows that finish at different times (a finished row leaves the batch, so it costs
+// nothing afterwards), and a callback per token as it is produced (streaming).
+//
+//   auto r = generate::generate(model, {prompt_ids}, {.max_new_tokens = 256}, [&](size_t row, int32_t tok) {...});
+//
+// Like HF generate: a row stops after it produces a stop id (the stop id is part of its output) or after
+// max_new_tokens; the stop ids default to the model's eos_token_id (generation_config.json's, see
+// GenerationConfig). Sampling uses one RNG per row seeded with seed + row, so a row's tokens do not depend on
+// which other rows share its batch.
+#pragma once
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "distill/core/error.hpp"
+#include "distill/generate/sampling.hpp"
+#include "distill/tensor/tensor.hpp"
+
+namespace distill::generate {
+
+enum class Finish : uint8_t { Stop, Length };
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 256;
+  std::vector<int64_t> stop_ids;  // empty: the model's eos_token_ids
+  bool ignore_stop = false;       // generate exactly max_new_tokens (benchmarks)
+  SamplingParams sampling;
+};
+
+struct Generation {
+  std::vector<int32_t> tokens;  // new tokens only, the stop id included
+  Finish finish = Finish::Length;
+};
+
+struct GenerateStats {
+  int64_t prompt_tokens = 0, new_tokens = 0;
+  double prefill_seconds = 0, decode_seconds = 0;  // prefill: the prompt pass and its first sampled token
+  double prefill_tokens_per_second() const { return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0; }
+  // Tokens after the first of each row, over the time spent producing them.
+  double decode_tokens_per_second(int64_t rows) const {
+    const int64_t n = new_tokens - rows;
+    return decode_seconds > 0 && n > 0 ? n / decode_seconds : 0;
+  }
+};
+
+struct GenerateResult {
+  std::vector<Generation> rows;
+  GenerateStats stats;
+};
+
+using TokenCallback = std::function<void(size_t row, int32_t token)>;
+
+// Generates for every prompt (token ids). Model: a models::Transformer (make_cache, step, dims).
+template <class Model>
+GenerateResult generate(const Model& m, const std::vector<std::vector<int32_t>>& prompts, const GenerateOptions& o,
+                        const TokenCallback& on_token = {}) {
+  using clock = std::chrono::steady_clock;
+  o.sampling.validate();
+  DISTILL_CHECK(o.max_new_tokens >= 0, "generate: max_new_tokens must be >= 0, got ", o.max_new_tokens);
+  const size_t B = prompts.size();
+  GenerateResult res;
+  res.rows.resize(B);
+  if (B == 0) return res;
+  int64_t Tmax = 0;
+  for (size_t i = 0; i < B; ++i) {
+    DISTILL_CHECK(!prompts[i].empty(), "generate: prompt ", i, " is empty");
+    Tmax = std::max<int64_t>(Tmax, static_cast<int64_t>(prompts[i].size()));
+    res.stats.prompt_tokens += static_cast<int64_t>(prompts[i].size());
+  }
+  const int64_t ctx = m.dims().max_positions;
+  if (ctx > 0 && Tmax + o.max_new_tokens > ctx)
+    throw Error("generate: a prompt of " + std::to_string(Tmax) + " tokens plus max_new_tokens " +
+                std::to_string(o.max_new_tokens) + " exceeds the model's context of " + std::to_string(ctx) +
+                " positions (max_position_embeddings)");
+  if (o.max_new_tokens == 0) return res;
+  const std::vector<int64_t>& stops = o.stop_ids.empty() ? m.dims().eos_token_ids : o.stop_ids;
+  auto is_stop = [&](int32_t t) { return !o.ignore_stop && std::find(stops.begin(), stops.end(), t) != stops.end(); };
+
+  std::vector<Sampler> samplers;
+  samplers.reserve(B);
+  for (size_t i = 0; i < B; ++i) {
+    SamplingParams p = o.sampling;
+    p.seed = o.sampling.seed + i;
+    samplers.emplace_back(p);
+  }
+  auto cache = m.make_cache(static_cast<int64_t>(B), Tmax + o.max_new_tokens);
+  using T = typename Model::value_type;
+  using D = typename Model::device_type;
+  const int64_t V = m.dims().vocab;
+
+  // One sampled token per active row from logits [A, V]; returns the rows still active afterwards.
+  std::vector<int64_t> active;
+  auto take = [&](const Tensor<T, D>& logits, const std::vector<int64_t>& rows) {
+    const Tensor<float> l = logits.template cast<float>().template to<Cpu>();
+    std::vector<int64_t> still;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const size_t r = static_cast<size_t>(rows[i]);
+      const int32_t tok = static_cast<int32_t>(samplers[r].next(std::span<const float>(l.data() + i * V, V)));
+      Generation& g = res.rows[r];
+      g.tokens.push_back(tok);
+      ++res.stats.new_tokens;
+      if (on_token) on_token(r, tok);
+      if (is_stop(tok))
+        g.finish = Finish::Stop;
+      else if (static_cast<int64_t>(g.tokens.size()) >= o.max_new_tokens)
+        g.finish = Finish::Length;
+      else
+        still.push_back(rows[i]);
+    }
+    return still;
+  };
+
+  // Prefill: all prompts at once, right-padded.
+  auto t0 = clock::now();
+  {
+    auto ids = Tensor<int32_t>::zeros({static_cast<int64_t>(B), Tmax});
+    std::vector<int64_t> rows(B), n(B);
+    for (size_t i = 0; i < B; ++i) {
+      rows[i] = static_cast<int64_t>(i);
+      n[i] = static_cast<int64_t>(prompts[i].size());
+      std::copy(prompts[i].begin(), prompts[i].end(), ids.data() + static_cast<int64_t>(i) * Tmax);
+    }
+    active = take(m.step(cache, ids, rows, n), rows);
+  }
+  auto t1 = clock::now();
+  res.stats.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
+  // Decode: one token per active row per step.
+  while (!active.empty()) {
+    auto ids = Tensor<int32_t>::empty({static_cast<int64_t>(active.size()), 1});
+    for (size_t i = 0; i < active.size(); ++i) ids.data()[i] = res.rows[static_cast<size_t>(active[i])].tokens.back();
+    active = take(m.step(cache, ids, active), active);
+  }
+  res.stats.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
+  return res;
+}
+
+// generation_config.json: the model's default stop ids and sampling (HF generate's defaults where absent).
+struct GenerationConfig {
+  std::vector<int64_t> eos_token_ids;
+  SamplingParams sampling;
+  std::optional<int64_t> max_new_tokens;
+};
+
+inline GenerationConfig parse_generation_config(const nlohmann::json& j, const std::string& source) {
+  GenerationConfig g;
+  DISTILL_CHECK(j.is_object(), source, ": not a JSON object");
+  auto num = [&](const char* k, auto def) {
+    using V = decltype(def);
+    if (!j.contains(k) || j[k].is_null()) return def;
+    DISTILL_CHECK(j[k].is_number(), source, ": ", k, " must be a number, found ", j[k].dump());
+    return j[k].get<V>();
+  };
+  if (j.contains("eos_token_id") && !j["eos_token_id"].is_null()) {
+    const auto& e = j["eos_token_id"];
+    if (e.is_number_integer())
+      g.eos_token_ids.push_back(e.get<int64_t>());
+    else if (e.is_array())
+      for (const auto& x : e) {
+        DISTILL_CHECK(x.is_number_integer(), source, ": eos_token_id entries must be integers, found ", x.dump());
+        g.eos_token_ids.push_back(x.get<int64_t>());
+      }
+    else
+      throw Error(source + ": eos_token_id must be an integer or a list, found " + e.dump());
+  }
+  if (j.contains("do_sample") && j["do_sample"].is_boolean()) g.sampling.do_sample = j["do_sample"].get<bool>();
+  g.sampling.temperature = num("temperature", 1.0f);
+  g.sampling.top_k = num("top_k", int64_t{50});  // HF's default top_k is 50 when sampling
+  g.sampling.top_p = num("top_p", 1.0f);
+  g.sampling.min_p = num("min_p", 0.0f);
+  if (j.contains("max_new_tokens") && j["max_new_tokens"].is_number_integer())
+    g.max_new_tokens = j["max_new_tokens"].get<int64_t>();
+  g.sampling.validate();
+  return g;
+}
+
+// DIR/generation_config.json, or nullopt when the directory has none.
+inline std::optional<GenerationConfig> load_generation_config(const std::string& dir) {
+  const auto p = std::filesystem::path(dir) / "generation_config.json";
+  if (!std::filesystem::exists(p)) return std::nullopt;
+  std::ifstream in(p);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(p.string() + ": not valid JSON: " + e.what());
+  }
+  return parse_generation_config(j, p.string());
+}
+
+}  // namespace distill::generate
