@@ -163,8 +163,8 @@ inline generate::GenerateStats run_generate(const GenerateCmd& o, std::istream& 
     stats = res.stats;
     char line[512];
     std::snprintf(line, sizeof line,
-                  "[distill] %s %s, %d threads: load %.2f s; prefill %lld tokens in %.3f s (%.1f tok/s); "
-                  "decode %lld tokens in %.3f s (%.1f tok/s); stop: %s\n",
+                  "[distill] %s %s, %d threads: load %.2f s; prefill %lld tokens in %.6f s (%.1f tok/s); "
+                  "decode %lld tokens in %.6f s (%.1f tok/s); stop: %s\n",
                   models::family_name(Spec.family), o.dtype.c_str(), max_threads(), load_s,
                   static_cast<long long>(stats.prompt_tokens), stats.prefill_seconds, stats.prefill_tokens_per_second(),
                   static_cast<long long>(stats.new_tokens), stats.decode_seconds, stats.decode_tokens_per_second(1),

@@ -265,13 +265,15 @@ class Transformer {
     for (int64_t i = 0; i < A; ++i) {
       const int64_t r = rows[static_cast<size_t>(i)];
       DISTILL_CHECK(r >= 0 && r < cache.rows(), "step: cache row ", r, " out of range [0, ", cache.rows(), ")");
+      for (int64_t j = 0; j < i; ++j)
+        DISTILL_CHECK(rows[static_cast<size_t>(j)] != r, "step: cache row ", r, " is listed twice");
       L[static_cast<size_t>(i)] = cache.length(r);
       n[static_cast<size_t>(i)] = n_valid.empty() ? Tn : n_valid[static_cast<size_t>(i)];
       DISTILL_CHECK(n[static_cast<size_t>(i)] >= 1 && n[static_cast<size_t>(i)] <= Tn, "step: row ", i, " has ",
                     n[static_cast<size_t>(i)], " real tokens of ", Tn);
       if (L[static_cast<size_t>(i)] + n[static_cast<size_t>(i)] > cache.max_len())
         throw Error("step: cache row " + std::to_string(r) + " holds " + std::to_string(L[static_cast<size_t>(i)]) +
-                    " positions; " + std::to_string(n[static_cast<size_t>(i)]) + " more exceed its max_len of " +
+                    " positions; " + std::to_string(n[static_cast<size_t>(i)]) + " more would exceed its max_len of " +
                     std::to_string(cache.max_len()) + " (prompt + new tokens must fit the context)");
       for (int64_t t = 0; t < Tn; ++t) pos(i, t) = static_cast<int32_t>(L[static_cast<size_t>(i)] + t);
     }
