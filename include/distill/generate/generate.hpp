@@ -99,7 +99,11 @@ GenerateResult generate(const Model& m, const std::vector<std::vector<int32_t>>&
   // One sampled token per active row from logits [A, V]; returns the rows still active afterwards.
   std::vector<int64_t> active;
   auto take = [&](const Tensor<T, D>& logits, const std::vector<int64_t>& rows) {
-    const Tensor<float> l = logits.template cast<float>().template to<Cpu>();
+    Tensor<float> l;
+    if constexpr (std::is_same_v<T, float>)
+      l = logits.template to<Cpu>();
+    else
+      l = logits.template cast<float>().template to<Cpu>();
     std::vector<int64_t> still;
     for (size_t i = 0; i < rows.size(); ++i) {
       const size_t r = static_cast<size_t>(rows[i]);

@@ -197,22 +197,26 @@ ModelDims resolve(const io::ModelConfig& c, std::string_view source, const char*
   for (int64_t i = 0; i < d.layers; ++i) {
     LayerPlan& p = d.layer[static_cast<size_t>(i)];
     p.sliding = c.is_sliding(i);
-    if (Spec.sliding_pattern != kFromConfig && p.sliding != ((i + 1) % Spec.sliding_pattern != 0))
-      throw Error(std::string(source) + ": layer " + std::to_string(i) + " is " + (p.sliding ? "sliding" : "full") +
-                  " attention, but the compiled " + spec_name + " spec puts a full-attention layer every " +
-                  std::to_string(Spec.sliding_pattern) + " layers");
+    if constexpr (Spec.sliding_pattern != kFromConfig) {
+      if (p.sliding != ((i + 1) % Spec.sliding_pattern != 0))
+        throw Error(std::string(source) + ": layer " + std::to_string(i) + " is " + (p.sliding ? "sliding" : "full") +
+                    " attention, but the compiled " + spec_name + " spec puts a full-attention layer every " +
+                    std::to_string(Spec.sliding_pattern) + " layers");
+    }
     const io::RopeParams& r = c.rope(i);
     const double theta =
         p.sliding ? pick(Spec.rope_local_theta, r.theta, kFromConfigF, "rope_local_base_freq", source, spec_name)
                   : pick(Spec.rope_theta, r.theta, kFromConfigF, "rope_theta", source, spec_name);
     p.rope = RopeConfig{theta, r.type == io::RopeType::Linear ? r.factor : 1.0};
     if (p.sliding) {
-      if (qwen)
+      if constexpr (Spec.family == Family::Qwen3) {
         throw Error(std::string(source) + ": layer " + std::to_string(i) +
                     " uses sliding-window attention (use_sliding_window); Qwen3 sliding windows are not supported");
-      DISTILL_CHECK(c.sliding_window.has_value() && *c.sliding_window > 0, source,
-                    ": sliding layers need a positive sliding_window");
-      p.window = pick(Spec.sliding_window, *c.sliding_window, kFromConfig, "sliding_window", source, spec_name);
+      } else {
+        DISTILL_CHECK(c.sliding_window.has_value() && *c.sliding_window > 0, source,
+                      ": sliding layers need a positive sliding_window");
+        p.window = pick(Spec.sliding_window, *c.sliding_window, kFromConfig, "sliding_window", source, spec_name);
+      }
     }
   }
   return d;
