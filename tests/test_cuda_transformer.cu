@@ -59,7 +59,8 @@ void check(const std::string& name) {
     const auto ids = Tensor<int32_t>::from_vector({1, static_cast<int64_t>(p.size())}, p);
     const auto want = cpu.forward(ids).value();
     const double d32 = rel_diff(host_f32(gpu.forward(ids).value()), want);
-    const double d16 = rel_diff(host_f32(gpu16.forward(ids).value()), ref.load<float>("logits_bf16." + std::to_string(i)));
+    const double d16 =
+        rel_diff(host_f32(gpu16.forward(ids).value()), ref.load<float>("logits_bf16." + std::to_string(i)));
     MESSAGE(name << " prompt " << i << ": Cuda f32 vs CPU " << d32 << ", Cuda bf16 vs HF bf16 " << d16);
     CHECK(d32 <= 1e-4);
     CHECK(d16 <= 3e-2);
