@@ -42,40 +42,15 @@ inline constexpr TransformerSpec k1B_it{.family = Family::Gemma3,
 // to the embeddings; LmHead only appears in untied conversions.
 inline constexpr const char* hf_name(Role r) {
   switch (r) {
-    case Role::AttnNorm:
-      return "input_layernorm.weight";
     case Role::AttnPostNorm:
       return "post_attention_layernorm.weight";
     case Role::MlpNorm:
       return "pre_feedforward_layernorm.weight";
     case Role::MlpPostNorm:
       return "post_feedforward_layernorm.weight";
-    case Role::Q:
-      return "self_attn.q_proj.weight";
-    case Role::K:
-      return "self_attn.k_proj.weight";
-    case Role::V:
-      return "self_attn.v_proj.weight";
-    case Role::O:
-      return "self_attn.o_proj.weight";
-    case Role::QNorm:
-      return "self_attn.q_norm.weight";
-    case Role::KNorm:
-      return "self_attn.k_norm.weight";
-    case Role::Gate:
-      return "mlp.gate_proj.weight";
-    case Role::Up:
-      return "mlp.up_proj.weight";
-    case Role::Down:
-      return "mlp.down_proj.weight";
-    case Role::Embed:
-      return "embed_tokens.weight";
-    case Role::FinalNorm:
-      return "norm.weight";
-    case Role::LmHead:
-      return "lm_head.weight";
+    default:
+      return shared_hf_name(r);
   }
-  return nullptr;
 }
 
 }  // namespace distill::models::gemma3

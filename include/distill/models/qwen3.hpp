@@ -38,38 +38,7 @@ inline constexpr TransformerSpec k4B_Thinking_2507{.family = Family::Qwen3,
 // Tensor name of a role, after the "model." prefix (block roles after "model.layers.N."); nullptr: Qwen3 has
 // no such weight (no sandwich norms). LmHead is the top-level "lm_head.weight".
 inline constexpr const char* hf_name(Role r) {
-  switch (r) {
-    case Role::AttnNorm:
-      return "input_layernorm.weight";
-    case Role::MlpNorm:
-      return "post_attention_layernorm.weight";
-    case Role::Q:
-      return "self_attn.q_proj.weight";
-    case Role::K:
-      return "self_attn.k_proj.weight";
-    case Role::V:
-      return "self_attn.v_proj.weight";
-    case Role::O:
-      return "self_attn.o_proj.weight";
-    case Role::QNorm:
-      return "self_attn.q_norm.weight";
-    case Role::KNorm:
-      return "self_attn.k_norm.weight";
-    case Role::Gate:
-      return "mlp.gate_proj.weight";
-    case Role::Up:
-      return "mlp.up_proj.weight";
-    case Role::Down:
-      return "mlp.down_proj.weight";
-    case Role::Embed:
-      return "embed_tokens.weight";
-    case Role::FinalNorm:
-      return "norm.weight";
-    case Role::LmHead:
-      return "lm_head.weight";
-    default:
-      return nullptr;
-  }
+  return r == Role::MlpNorm ? "post_attention_layernorm.weight" : shared_hf_name(r);
 }
 
 }  // namespace distill::models::qwen3

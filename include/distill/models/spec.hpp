@@ -92,6 +92,41 @@ inline constexpr Role kBlockRoles[] = {
     Role::AttnNorm, Role::AttnPostNorm, Role::MlpNorm, Role::MlpPostNorm, Role::Q,  Role::K,   Role::V,
     Role::O,        Role::QNorm,        Role::KNorm,   Role::Gate,        Role::Up, Role::Down};
 
+// The tensor names both families share, after the model prefix (block roles after "<prefix>layers.N."); the
+// norms around the sublayers differ and are named by each family's header. nullptr: not a shared name.
+inline constexpr const char* shared_hf_name(Role r) {
+  switch (r) {
+    case Role::AttnNorm:
+      return "input_layernorm.weight";
+    case Role::Q:
+      return "self_attn.q_proj.weight";
+    case Role::K:
+      return "self_attn.k_proj.weight";
+    case Role::V:
+      return "self_attn.v_proj.weight";
+    case Role::O:
+      return "self_attn.o_proj.weight";
+    case Role::QNorm:
+      return "self_attn.q_norm.weight";
+    case Role::KNorm:
+      return "self_attn.k_norm.weight";
+    case Role::Gate:
+      return "mlp.gate_proj.weight";
+    case Role::Up:
+      return "mlp.up_proj.weight";
+    case Role::Down:
+      return "mlp.down_proj.weight";
+    case Role::Embed:
+      return "embed_tokens.weight";
+    case Role::FinalNorm:
+      return "norm.weight";
+    case Role::LmHead:
+      return "lm_head.weight";
+    default:
+      return nullptr;
+  }
+}
+
 // One layer's attention plan.
 struct LayerPlan {
   bool sliding = false;
