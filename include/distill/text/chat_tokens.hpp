@@ -11,6 +11,7 @@
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <span>
 #include <string_view>
 #include <vector>
 
@@ -38,6 +39,16 @@ inline size_t header_begin(std::string_view text, size_t pos) {
   return best == std::string_view::npos ? pos : best;
 }
 
+// The index of the first token of `piece` (the ids of header + span) that reaches past the first header_bytes
+// bytes, given that the first `from` tokens do not (decoded byte lengths).
+inline size_t first_overlapping(const Tokenizer& tok, const std::vector<int32_t>& piece, size_t from,
+                                size_t header_bytes) {
+  for (size_t j = from; j < piece.size(); ++j)
+    if (tok.decode(std::span<const int32_t>(piece.data(), j + 1), /*skip_special_tokens=*/false).size() > header_bytes)
+      return j;
+  return piece.size();
+}
+
 }  // namespace detail
 
 inline ChatTokens encode_chat(const Tokenizer& tok, const RenderedChat& chat) {
@@ -59,9 +70,11 @@ inline ChatTokens encode_chat(const Tokenizer& tok, const RenderedChat& chat) {
     const auto piece = tok.encode(text.substr(h, s.end - h), /*add_special_tokens=*/false);
     const size_t shared = static_cast<size_t>(
         std::mismatch(header.begin(), header.end(), piece.begin(), piece.end()).first - header.begin());
+    // The header a prefix of the piece: the span starts on a token boundary; else the token holding the join.
+    const size_t first = shared == header.size() ? shared : detail::first_overlapping(tok, piece, shared, s.begin - h);
     out.ids.insert(out.ids.end(), piece.begin(), piece.end());
-    out.loss_mask.insert(out.loss_mask.end(), shared, 0);
-    out.loss_mask.insert(out.loss_mask.end(), piece.size() - shared, 1);
+    out.loss_mask.insert(out.loss_mask.end(), first, 0);
+    out.loss_mask.insert(out.loss_mask.end(), piece.size() - first, 1);
     cursor = s.end;
   }
   append(text.substr(cursor), 0);
