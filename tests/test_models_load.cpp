@@ -385,9 +385,9 @@ TEST_CASE("load: bf16 weights are bit-identical to the file's bf16 values") {
   check_bits("model.embed_tokens.weight", w.embed);
   check_bits("model.norm.weight", w.final_norm);
   check_bits("lm_head.weight", w.lm_head);
-  check_bits("model.layers.1.self_attn.q_proj.weight", w.blocks[1].q);
+  check_bits("model.layers.1.self_attn.q_proj.weight", w.blocks[1].q.weight);
   check_bits("model.layers.2.self_attn.k_norm.weight", w.blocks[2].k_norm);
-  check_bits("model.layers.0.mlp.down_proj.weight", w.blocks[0].down);
+  check_bits("model.layers.0.mlp.down_proj.weight", w.blocks[0].down.weight);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

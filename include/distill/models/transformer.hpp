@@ -25,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "distill/autograd/checkpoint.hpp"
 #include "distill/io/hf_config.hpp"
 #include "distill/models/kv_cache.hpp"
 #include "distill/models/weights.hpp"
@@ -117,7 +118,46 @@ inline std::vector<std::pair<int64_t, int64_t>> mask_runs(const Tensor<int32_t>&
   return runs;
 }
 
+// Attention over packed rows: each row's examples (segments[b]) attend only within themselves; the positions
+// after the last example (padding) attend among themselves. Split and concatenated on the tape.
+template <class T, class D>
+Var<T, D> packed_attention(const Var<T, D>& q, const Var<T, D>& k, const Var<T, D>& v, const AttentionOptions& o,
+                           const std::vector<std::vector<int64_t>>& segments, int64_t Tn) {
+  const int64_t B = q.dim(0);
+  const std::vector<int64_t> ones(static_cast<size_t>(B), 1);
+  const auto qs = split(q, ones, 0), ks = split(k, ones, 0), vs = split(v, ones, 0);
+  std::vector<Var<T, D>> rows;
+  for (int64_t b = 0; b < B; ++b) {
+    std::vector<int64_t> sizes = segments[static_cast<size_t>(b)];
+    int64_t used = 0;
+    for (int64_t n : sizes) used += n;
+    if (used < Tn) sizes.push_back(Tn - used);
+    if (sizes.size() == 1) {
+      rows.push_back(attention(qs[static_cast<size_t>(b)], ks[static_cast<size_t>(b)], vs[static_cast<size_t>(b)], o));
+      continue;
+    }
+    const auto qq = split(qs[static_cast<size_t>(b)], sizes, 1), kk = split(ks[static_cast<size_t>(b)], sizes, 1),
+               vv = split(vs[static_cast<size_t>(b)], sizes, 1);
+    std::vector<Var<T, D>> parts;
+    for (size_t i = 0; i < sizes.size(); ++i) parts.push_back(attention(qq[i], kk[i], vv[i], o));
+    rows.push_back(concat(parts, 1));
+  }
+  return B == 1 ? rows[0] : concat(rows, 0);
+}
+
 }  // namespace detail
+
+// Options of a forward pass beyond the inputs (training runs set them; inference leaves the defaults).
+struct RunOptions {
+  bool train = false;              // LoRA dropout on (masks drawn from `seed`)
+  uint64_t seed = 0;               // dropout stream of this pass (the trainer derives it per step and micro-batch)
+  bool checkpoint_blocks = false;  // activation checkpointing per block under grad mode: keep only block inputs,
+                                   // recompute each block in backward
+  // Packing: segments[b] = lengths of the examples laid one after another in row b (they need not fill the
+  // row; the rest is padding). Positions restart at 0 for each example and no token attends across examples.
+  // Empty: one sequence per row.
+  std::vector<std::vector<int64_t>> segments;
+};
 
 // One decoder layer. `attend(q, k, v)` does the attention itself ([B, T, H, Dh], [B, T, KV, Dh] ×2 →
 // [B, T, H, Dh]): plain masked attention in a full forward, the KV cache in a decode step.
@@ -125,31 +165,34 @@ template <TransformerSpec Spec>
 struct TransformerBlock {
   template <class T, class D, class Attend>
   static Var<T, D> forward(const Var<T, D>& x, const BlockWeights<T, D>& w, const ModelDims& d, int64_t layer,
-                           const RopeTables& rope_tab, Attend&& attend, Capture<T, D>* cap = nullptr) {
-    using detail::linear;
+                           const RopeTables& rope_tab, Attend&& attend, Capture<T, D>* cap = nullptr,
+                           bool train = false, uint64_t seed = 0) {
+    auto linear = [&](const Var<T, D>& in, const nn::Linear<T, D>& p, Role r) {
+      return nn::linear(in, p, nn::LinearRun{train, nn::derive_seed(seed, static_cast<uint64_t>(r))});
+    };
     const int64_t B = x.dim(0), Tn = x.dim(1);
     auto keep = [&](Hook h, const Var<T, D>& v) {
       if (cap) cap->put(h, layer, v);
     };
     const Var<T, D> a = rms_norm(x, w.attn_norm, d.eps, Spec.norm);
     keep(Hook::AttnNorm, a);
-    Var<T, D> q = reshape(linear(a, w.q), {B, Tn, d.heads, d.head_dim});
-    Var<T, D> k = reshape(linear(a, w.k), {B, Tn, d.kv_heads, d.head_dim});
-    const Var<T, D> v = reshape(linear(a, w.v), {B, Tn, d.kv_heads, d.head_dim});
+    Var<T, D> q = reshape(linear(a, w.q, Role::Q), {B, Tn, d.heads, d.head_dim});
+    Var<T, D> k = reshape(linear(a, w.k, Role::K), {B, Tn, d.kv_heads, d.head_dim});
+    const Var<T, D> v = reshape(linear(a, w.v, Role::V), {B, Tn, d.kv_heads, d.head_dim});
     if constexpr (Spec.qk_norm) {
       q = rms_norm(q, w.q_norm, d.eps, Spec.norm);
       k = rms_norm(k, w.k_norm, d.eps, Spec.norm);
     }
     q = rope(q, rope_tab);
     k = rope(k, rope_tab);
-    Var<T, D> o = linear(reshape(attend(q, k, v), {B, Tn, d.q_dim()}), w.o);
+    Var<T, D> o = linear(reshape(attend(q, k, v), {B, Tn, d.q_dim()}), w.o, Role::O);
     if constexpr (Spec.sandwich_norms) o = rms_norm(o, w.attn_post_norm, d.eps, Spec.norm);
     keep(Hook::AttnOut, o);
     const Var<T, D> h = x + o;
 
     const Var<T, D> m = rms_norm(h, w.mlp_norm, d.eps, Spec.norm);
     keep(Hook::MlpNorm, m);
-    const Var<T, D> g = linear(m, w.gate), u = linear(m, w.up);
+    const Var<T, D> g = linear(m, w.gate, Role::Gate), u = linear(m, w.up, Role::Up);
     Var<T, D> p;
     if constexpr (is_floating_dtype_v<T> && sizeof(T) == 2) {
       // HF rounds the activation to the model dtype before the product.
@@ -164,7 +207,7 @@ struct TransformerBlock {
     } else {
       p = gelu_tanh(g) * u;
     }
-    Var<T, D> y = linear(p, w.down);
+    Var<T, D> y = linear(p, w.down, Role::Down);
     if constexpr (Spec.sandwich_norms) y = rms_norm(y, w.mlp_post_norm, d.eps, Spec.norm);
     keep(Hook::MlpOut, y);
     Var<T, D> out = h + y;
@@ -187,11 +230,12 @@ class Transformer {
   }
 
   // A Hugging Face checkpoint directory: config.json (resolved against Spec) and its safetensors.
-  static Transformer load(const std::string& dir, const char* spec_name = "model") {
+  // Projections load as stored (dense or bitsandbytes 4-bit) or are quantized on load (LoadOptions).
+  static Transformer load(const std::string& dir, const char* spec_name = "model", const LoadOptions& lopt = {}) {
     const std::string cfg_path = (std::filesystem::path(dir) / "config.json").string();
     const ModelDims d = resolve<Spec>(io::load_model_config(dir), cfg_path, spec_name);
     const io::Checkpoint ck = io::Checkpoint::open(dir);
-    return Transformer(d, load_weights<Spec, T, D>(ck, d));
+    return Transformer(d, load_weights<Spec, T, D>(ck, d, lopt));
   }
 
   const ModelDims& dims() const { return d_; }
@@ -199,11 +243,33 @@ class Transformer {
 
   // Logits [B, T, V] for ids [B, T] (int32); attention_mask [B, T] optional (see the file comment).
   Var<T, D> forward(const Tensor<int32_t>& ids, const Tensor<int32_t>& attention_mask = {},
-                    Capture<T, D>* cap = nullptr) const {
+                    Capture<T, D>* cap = nullptr, const RunOptions& opt = {}) const {
+    std::vector<std::pair<int64_t, int64_t>> runs;
+    const Var<T, D> h = hidden(ids, attention_mask, cap, opt, &runs);
+    Var<T, D> logits = head(h);
+    if (runs.empty()) return logits;
+    // Back to the caller's layout; padded positions get zeros.
+    const int64_t B = ids.dim(0);
+    const Tensor<T, D> src = logits.value();
+    auto out = Tensor<T, D>::zeros(src.shape());
+    for (int64_t b = 0; b < B; ++b) {
+      const auto [s, e] = runs[static_cast<size_t>(b)];
+      if (e > s) out.slice(0, b, b + 1).slice(1, s, e).copy_from(src.slice(0, b, b + 1).slice(1, 0, e - s));
+    }
+    return Var<T, D>(out, false);
+  }
+
+  // The final norm's output [B, T, hidden] (the lm head's input; training feeds it to linear_cross_entropy so
+  // the [B, T, V] logits never exist). Left-padded rows come back moved to the left (inference only): `shifted`
+  // then receives each row's (first, end) run of real tokens, else stays empty.
+  Var<T, D> hidden(const Tensor<int32_t>& ids, const Tensor<int32_t>& attention_mask = {}, Capture<T, D>* cap = nullptr,
+                   const RunOptions& opt = {}, std::vector<std::pair<int64_t, int64_t>>* shifted_runs = nullptr) const {
     DISTILL_CHECK(ids.rank() == 2, "forward: ids must be [batch, seq], got ", ids.shape().str());
     const int64_t B = ids.dim(0), Tn = ids.dim(1);
     DISTILL_CHECK(d_.max_positions <= 0 || Tn <= d_.max_positions, "forward: a sequence of ", Tn,
                   " tokens exceeds the model's context of ", d_.max_positions, " positions (max_position_embeddings)");
+    const bool ckpt = opt.checkpoint_blocks && autograd::grad_enabled();
+    DISTILL_CHECK(!(ckpt && cap), "forward: hidden-state capture and activation checkpointing do not combine yet");
     Tensor<int32_t> run_ids = ids;
     std::vector<std::pair<int64_t, int64_t>> runs;
     bool shifted = false;
@@ -214,38 +280,76 @@ class Transformer {
         DISTILL_CHECK(!autograd::grad_enabled(),
                       "forward: left padding is only taken for inference (under NoGradGuard); pad on the right to "
                       "train");
+        DISTILL_CHECK(opt.segments.empty(), "forward: packed rows must be padded on the right");
         run_ids = Tensor<int32_t>::zeros({B, Tn});
         for (int64_t b = 0; b < B; ++b)
           for (int64_t t = runs[static_cast<size_t>(b)].first; t < runs[static_cast<size_t>(b)].second; ++t)
             run_ids(b, t - runs[static_cast<size_t>(b)].first) = ids(b, t);
+        if (shifted_runs) *shifted_runs = runs;
       }
     }
-    auto pos = Tensor<int32_t>::empty({Tn});
-    for (int64_t t = 0; t < Tn; ++t) pos.data()[t] = static_cast<int32_t>(t);
+    // Positions: 0, 1, 2, ... per row, or per packed example.
+    Tensor<int32_t> pos;
+    if (opt.segments.empty()) {
+      pos = Tensor<int32_t>::empty({Tn});
+      for (int64_t t = 0; t < Tn; ++t) pos.data()[t] = static_cast<int32_t>(t);
+    } else {
+      DISTILL_CHECK(static_cast<int64_t>(opt.segments.size()) == B, "forward: ", opt.segments.size(),
+                    " segment lists for ", B, " rows");
+      pos = Tensor<int32_t>::zeros({B, Tn});
+      for (int64_t b = 0; b < B; ++b) {
+        int64_t t = 0;
+        for (int64_t len : opt.segments[static_cast<size_t>(b)]) {
+          DISTILL_CHECK(len >= 1 && t + len <= Tn, "forward: row ", b, "'s packed lengths exceed its ", Tn,
+                        " positions (or one is < 1)");
+          for (int64_t i = 0; i < len; ++i) pos(b, t + i) = static_cast<int32_t>(i);
+          t += len;
+        }
+        for (int64_t i = 0; t < Tn; ++t, ++i) pos(b, t) = static_cast<int32_t>(i);  // trailing padding
+      }
+    }
     detail::RopeSet ropes;
     Var<T, D> h = embed(run_ids);
     if (cap) cap->put(Hook::Embed, -1, h);
     for (int64_t l = 0; l < d_.layers; ++l) {
       const LayerPlan& p = d_.layer[static_cast<size_t>(l)];
-      const AttentionOptions opts{true, p.window, d_.attn_scale};
-      auto attend = [&](const Var<T, D>& q, const Var<T, D>& k, const Var<T, D>& v) {
-        return attention(q, k, v, opts);
+      const AttentionOptions aopts{true, p.window, d_.attn_scale};
+      const std::vector<std::vector<int64_t>>* segs = opt.segments.empty() ? nullptr : &opt.segments;
+      // Captures by value: under checkpointing backward calls it again after this scope is gone.
+      auto attend = [aopts, segs = segs ? *segs : std::vector<std::vector<int64_t>>{}, Tn](
+                        const Var<T, D>& q, const Var<T, D>& k, const Var<T, D>& v) {
+        if (segs.empty()) return attention(q, k, v, aopts);
+        return detail::packed_attention(q, k, v, aopts, segs, Tn);
       };
-      h = Block::forward(h, w_.blocks[static_cast<size_t>(l)], d_, l, ropes.get(pos, d_.head_dim, p.rope), attend, cap);
+      const uint64_t seed = nn::derive_seed(opt.seed, static_cast<uint64_t>(l));
+      const RopeTables& rt = ropes.get(pos, d_.head_dim, p.rope);
+      if (ckpt) {
+        h = autograd::checkpoint(
+            [blk = w_.blocks[static_cast<size_t>(l)], d = d_, l, rt, attend, train = opt.train,
+             seed](const Var<T, D>& x) {
+              return Block::forward(x, blk, d, l, rt, attend, static_cast<Capture<T, D>*>(nullptr), train, seed);
+            },
+            h);
+      } else {
+        h = Block::forward(h, w_.blocks[static_cast<size_t>(l)], d_, l, rt, attend, cap, opt.train, seed);
+      }
     }
     h = rms_norm(h, w_.final_norm, d_.eps, Spec.norm);
     if (cap) cap->put(Hook::FinalNorm, -1, h);
-    Var<T, D> logits = head(h);
-    if (!shifted) return logits;
-    // Back to the caller's layout; padded positions get zeros.
-    const Tensor<T, D> src = logits.value();
-    auto out = Tensor<T, D>::zeros(src.shape());
-    for (int64_t b = 0; b < B; ++b) {
-      const auto [s, e] = runs[static_cast<size_t>(b)];
-      if (e > s) out.slice(0, b, b + 1).slice(1, s, e).copy_from(src.slice(0, b, b + 1).slice(1, 0, e - s));
-    }
-    return Var<T, D>(out, false);
+    return h;
   }
+
+  // The head on final-norm outputs (with the final softcap when the model has one).
+  Var<T, D> head(const Var<T, D>& h) const {
+    Var<T, D> logits = detail::linear(h, w_.lm_head);
+    if (d_.final_softcap > 0) {
+      const double c = d_.final_softcap;
+      logits = tanh(logits / c) * c;
+    }
+    return logits;
+  }
+
+  ModelWeights<T, D>& mutable_weights() { return w_; }
 
   KvCache<T, D> make_cache(int64_t rows, int64_t max_len) const { return KvCache<T, D>(d_, rows, max_len); }
 
@@ -349,14 +453,6 @@ class Transformer {
       h = h * s;
     }
     return h;
-  }
-  Var<T, D> head(const Var<T, D>& h) const {
-    Var<T, D> logits = detail::linear(h, w_.lm_head);
-    if (d_.final_softcap > 0) {
-      const double c = d_.final_softcap;
-      logits = tanh(logits / c) * c;
-    }
-    return logits;
   }
 
   ModelDims d_;

@@ -16,16 +16,24 @@
 #include "distill/models/gemma3.hpp"
 #include "distill/models/qwen3.hpp"
 #include "distill/models/spec.hpp"
+#include "distill/nn/linear.hpp"
+#include "distill/quant/bnb.hpp"
 
 namespace distill::models {
+
+// Whether a role is one of the seven projections (the rest are norms).
+inline constexpr bool is_projection(Role r) {
+  return r == Role::Q || r == Role::K || r == Role::V || r == Role::O || r == Role::Gate || r == Role::Up ||
+         r == Role::Down;
+}
 
 template <class T, class D = Cpu>
 struct BlockWeights {
   Var<T, D> attn_norm, attn_post_norm, mlp_norm, mlp_post_norm;  // post norms: sandwich specs only
-  Var<T, D> q, k, v, o, q_norm, k_norm;                          // q/k norms: qk_norm specs only
-  Var<T, D> gate, up, down;
+  Var<T, D> q_norm, k_norm;                                      // q/k norms: qk_norm specs only
+  nn::Linear<T, D> q, k, v, o, gate, up, down;                   // dense or 4-bit, with optional LoRA
 
-  Var<T, D>& operator[](Role r) {
+  Var<T, D>& norm(Role r) {
     switch (r) {
       case Role::AttnNorm:
         return attn_norm;
@@ -35,6 +43,16 @@ struct BlockWeights {
         return mlp_norm;
       case Role::MlpPostNorm:
         return mlp_post_norm;
+      case Role::QNorm:
+        return q_norm;
+      case Role::KNorm:
+        return k_norm;
+      default:
+        throw Error("BlockWeights::norm: role is a projection, not a norm");
+    }
+  }
+  nn::Linear<T, D>& proj(Role r) {
+    switch (r) {
       case Role::Q:
         return q;
       case Role::K:
@@ -43,18 +61,17 @@ struct BlockWeights {
         return v;
       case Role::O:
         return o;
-      case Role::QNorm:
-        return q_norm;
-      case Role::KNorm:
-        return k_norm;
       case Role::Gate:
         return gate;
       case Role::Up:
         return up;
-      default:
+      case Role::Down:
         return down;
+      default:
+        throw Error("BlockWeights::proj: role is a norm, not a projection");
     }
   }
+  const nn::Linear<T, D>& proj(Role r) const { return const_cast<BlockWeights*>(this)->proj(r); }
 };
 
 template <class T, class D = Cpu>
@@ -63,6 +80,17 @@ struct ModelWeights {
   Var<T, D> final_norm;  // [hidden]
   Var<T, D> lm_head;     // [vocab, hidden]; the same Var as embed when tied
   std::vector<BlockWeights<T, D>> blocks;
+  std::string prefix = "model.";  // the checkpoint's prefix of "layers.N..." (adapters and exports reuse it)
+};
+
+// How projections are loaded: as stored (dense, or 4-bit when the checkpoint is bitsandbytes-quantized), or
+// quantized on load (QLoRA: a bf16 checkpoint becomes NF4 with double quant, as transformers'
+// BitsAndBytesConfig(load_in_4bit=True) does; the lm_head, embeddings and norms stay in T).
+struct LoadOptions {
+  bool quantize = false;
+  quant::QuantType qtype = quant::QuantType::Nf4;
+  int64_t blocksize = 64;
+  bool double_quant = true;
 };
 
 // The Hugging Face name of a role (nullptr: the family has no such weight).
@@ -132,10 +160,10 @@ inline bool ignorable(const std::string& name, bool tied) {
 
 // Loads the weights `Spec` needs from a checkpoint whose config resolved to `d`.
 template <TransformerSpec Spec, FloatingDtype T, class D = Cpu>
-ModelWeights<T, D> load_weights(const io::Checkpoint& ck, const ModelDims& d) {
+ModelWeights<T, D> load_weights(const io::Checkpoint& ck, const ModelDims& d, const LoadOptions& opt = {}) {
   const std::string prefix = detail::find_prefix(ck);
   std::set<std::string> used;
-  auto take = [&](const std::string& name, const Shape& want) -> Var<T, D> {
+  auto check = [&](const std::string& name, const Shape& want) {
     const io::TensorInfo* info = ck.find(name);
     if (!info)
       throw Error(ck.path() + ": missing tensor " + name + " (expected shape " + want.str() + ", " +
@@ -145,21 +173,56 @@ ModelWeights<T, D> load_weights(const io::Checkpoint& ck, const ModelDims& d) {
       throw Error(ck.path() + ": tensor " + name + " has shape " + got.str() + ", expected " + want.str() +
                   " from config.json");
     used.insert(name);
+  };
+  auto take = [&](const std::string& name, const Shape& want) -> Var<T, D> {
+    check(name, want);
     Tensor<T> host = ck.template load<T>(name);
     if constexpr (std::is_same_v<D, Cpu>)
       return Var<T, D>(host, false);
     else
       return Var<T, D>(host.template to<D>(), false);
   };
+  // A projection: bitsandbytes 4-bit as stored, dense, or quantized here from the stored values.
+  auto take_proj = [&](const std::string& name, const Shape& want) -> nn::Linear<T, D> {
+    if (quant::is_bnb_quantized(ck, name)) {
+      auto q = std::make_shared<quant::Quant4>(quant::load_bnb(ck, name));
+      const Shape got = Shape::from_range(q->shape.begin(), q->shape.end());
+      if (got != want)
+        throw Error(ck.path() + ": 4-bit tensor " + name + " has shape " + got.str() + ", expected " + want.str() +
+                    " from config.json");
+      for (const io::TensorInfo* t : ck.tensors())
+        if (t->name == name || t->name.rfind(name + ".", 0) == 0) used.insert(t->name);
+      return nn::Linear<T, D>(std::shared_ptr<const quant::Quant4>(std::move(q)));
+    }
+    if (!opt.quantize) return nn::Linear<T, D>(take(name, want));
+    check(name, want);
+    const io::StDtype stored = ck.info(name).dtype;
+    DISTILL_CHECK(stored == io::StDtype::BF16 || stored == io::StDtype::F16 || stored == io::StDtype::F32, ck.path(),
+                  ": cannot quantize ", name, " stored as ", io::dtype_name(stored), " (need BF16, F16 or F32)");
+    // transformers quantizes the weight as loaded in the model's dtype, and bitsandbytes dequantizes back to it:
+    // the quant state's dtype is T's (f32 for an f32 model of a bf16 checkpoint).
+    const Tensor<float> src = ck.template load<T>(name).template cast<float>();
+    const io::StDtype dtype = std::is_same_v<T, bf16>  ? io::StDtype::BF16
+                              : std::is_same_v<T, f16> ? io::StDtype::F16
+                                                       : io::StDtype::F32;
+    return nn::Linear<T, D>(std::make_shared<const quant::Quant4>(
+        quant::quantize_4bit(src.data(), {want[0], want[1]}, opt.qtype, opt.blocksize, opt.double_quant, dtype)));
+  };
   ModelWeights<T, D> w;
+  w.prefix = prefix;
   w.embed = take(prefix + hf_name(Spec.family, Role::Embed), role_shape(d, Role::Embed));
   w.final_norm = take(prefix + hf_name(Spec.family, Role::FinalNorm), role_shape(d, Role::FinalNorm));
   w.blocks.resize(static_cast<size_t>(d.layers));
   for (int64_t l = 0; l < d.layers; ++l) {
     const std::string lp = prefix + "layers." + std::to_string(l) + ".";
-    for (Role r : kBlockRoles)
-      if (block_has(Spec, r))
-        w.blocks[static_cast<size_t>(l)][r] = take(lp + hf_name(Spec.family, r), role_shape(d, r));
+    for (Role r : kBlockRoles) {
+      if (!block_has(Spec, r)) continue;
+      auto& b = w.blocks[static_cast<size_t>(l)];
+      if (is_projection(r))
+        b.proj(r) = take_proj(lp + hf_name(Spec.family, r), role_shape(d, r));
+      else
+        b.norm(r) = take(lp + hf_name(Spec.family, r), role_shape(d, r));
+    }
   }
   if (d.tied) {
     w.lm_head = w.embed;
