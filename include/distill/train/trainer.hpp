@@ -1,0 +1,404 @@
+// SftTrainer: LoRA/QLoRA supervised fine-tuning of a Transformer on tokenized chat examples (loss on assistant
+// tokens only), with the semantics of HF Trainer + PEFT (SPEC §7, §9):
+//   - an optimizer step = grad_accum micro-batches of micro_batch examples (right padded, or packed rows);
+//     the loss of each micro-batch is its CE sum / the step's count of trained tokens (train/loss.hpp), so
+//     accumulation equals one big batch; a step without any trained token is an error, never a silent zero
+//   - global-norm clipping (torch clip_grad_norm_), then torch's AdamW; the LR multiplier of the schedule at the
+//     step index (HF's LambdaLR: step s uses lr(s), s = 0, 1, ...)
+//   - epochs visit the examples in a seeded order (our own Fisher-Yates over a splitmix stream: the same on
+//     every platform); the last micro-batches of an epoch form a shorter final step, as in HF
+//   - dropout masks are drawn from (seed, step, micro-batch, layer, projection): recomputation under activation
+//     checkpointing and resumed runs see the same masks
+// Checkpoints (every save_every steps, at each epoch end, and at the end) go to out_dir/checkpoint-<step>/:
+//   adapter_model.safetensors + adapter_config.json   (PEFT: PeftModel.from_pretrained loads it)
+//   optimizer.safetensors                              (AdamW m, v of every adapter tensor, by name)
+//   trainer_state.json                                 (step, epoch cursor, per-parameter AdamW step counts,
+//                                                       seed, the run's settings, log history)
+//   COMPLETE                                           (written last)
+// A checkpoint is written into a temp directory and renamed into place after COMPLETE: a run killed at any
+// moment leaves every earlier checkpoint intact and no half checkpoint under a final name. resume() continues
+// from the newest complete checkpoint; on the CPU the result is bit-identical to an uninterrupted run (same
+// thread count).
+#pragma once
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "distill/data/sft.hpp"
+#include "distill/models/adapter.hpp"
+#include "distill/train/adamw.hpp"
+#include "distill/train/loss.hpp"
+#include "distill/train/schedule.hpp"
+
+namespace distill::train {
+
+struct TrainerConfig {
+  AdamWConfig adamw{2e-4, 0.9, 0.999, 1e-8, 0.0};
+  LrSchedule schedule = LrSchedule::Linear;
+  int64_t warmup_steps = 0;
+  double max_grad_norm = 1.0;  // <= 0: no clipping
+  int64_t micro_batch = 2;
+  int64_t grad_accum = 4;
+  int64_t epochs = 1;
+  int64_t max_steps = 0;  // > 0: stop after this many steps (and the schedule spans them)
+  bool packing = false;   // several examples per row (max_len tokens), no attention across them
+  int64_t max_len = 2048;
+  int32_t pad_id = 0;
+  bool checkpoint_blocks = false;  // activation checkpointing per block
+  uint64_t seed = 3407;
+  bool shuffle = true;
+  int64_t save_every = 0;  // steps; 0: only at epoch ends and at the end
+  std::string out_dir;     // empty: no checkpoints
+  std::string base_model;  // adapter_config.json's base_model_name_or_path
+  // Test hook: called with a stage name ("step:<n>" before step n's update, "checkpoint:<n>" in the middle of
+  // writing checkpoint n); throwing from it simulates a kill at that point.
+  std::function<void(const std::string&)> fault;
+};
+
+struct StepLog {
+  int64_t step = 0;  // 1-based, after the update
+  int64_t total_steps = 0;
+  double epoch = 0;  // fractional
+  double loss = 0;
+  double grad_norm = 0;
+  double lr = 0;
+  int64_t tokens = 0;      // trained tokens of the step
+  int64_t seq_tokens = 0;  // all tokens (with padding) of the step
+  double seconds = 0;
+};
+
+// Our portable shuffle: Fisher-Yates driven by splitmix64.
+inline std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch, bool shuffle) {
+  std::vector<int64_t> p(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) p[static_cast<size_t>(i)] = i;
+  if (!shuffle) return p;
+  const uint64_t s = nn::derive_seed(seed, 0x5348554646ull + static_cast<uint64_t>(epoch));
+  for (int64_t i = n - 1; i > 0; --i) {
+    const uint64_t r = nn::mix64(s + static_cast<uint64_t>(i));
+    const auto j = static_cast<int64_t>(r % static_cast<uint64_t>(i + 1));
+    std::swap(p[static_cast<size_t>(i)], p[static_cast<size_t>(j)]);
+  }
+  return p;
+}
+
+// The newest checkpoint-<n> with a COMPLETE marker under dir ("" if none).
+inline std::string latest_checkpoint(const std::string& dir) {
+  namespace fs = std::filesystem;
+  if (dir.empty() || !fs::is_directory(dir)) return "";
+  int64_t best = -1;
+  std::string path;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string n = e.path().filename().string();
+    if (!e.is_directory() || n.rfind("checkpoint-", 0) != 0) continue;
+    const std::string num = n.substr(11);
+    if (num.empty() || !std::all_of(num.begin(), num.end(), [](char c) { return c >= '0' && c <= '9'; })) continue;
+    if (!fs::exists(e.path() / "COMPLETE")) continue;
+    const int64_t k = std::stoll(num);
+    if (k > best) {
+      best = k;
+      path = e.path().string();
+    }
+  }
+  return path;
+}
+
+template <models::TransformerSpec Spec, class T, class D = Cpu>
+class SftTrainer {
+ public:
+  using Model = models::Transformer<Spec, T, D>;
+
+  // `model` must carry its adapters already (attach_lora or load_peft_adapter); `lora` is their config.
+  SftTrainer(Model& model, nn::LoraConfig lora, std::vector<data::SftExample> examples, TrainerConfig cfg)
+      : model_(model), lora_(std::move(lora)), ex_(std::move(examples)), cfg_(std::move(cfg)) {
+    DISTILL_CHECK(!ex_.empty(), "SftTrainer: no training examples");
+    DISTILL_CHECK(cfg_.micro_batch >= 1 && cfg_.grad_accum >= 1, "SftTrainer: micro_batch and grad_accum must be >= 1");
+    DISTILL_CHECK(cfg_.epochs >= 1 || cfg_.max_steps > 0, "SftTrainer: need epochs >= 1 or max_steps > 0");
+    DISTILL_CHECK(!cfg_.packing || cfg_.max_len >= 2, "SftTrainer: packing needs max_len >= 2");
+    for (size_t i = 0; i < ex_.size(); ++i) {
+      DISTILL_CHECK(ex_[i].ids.size() == ex_[i].labels.size() && !ex_[i].ids.empty(), "SftTrainer: example ", i,
+                    " has ", ex_[i].ids.size(), " ids and ", ex_[i].labels.size(), " labels");
+      DISTILL_CHECK(!cfg_.packing || static_cast<int64_t>(ex_[i].ids.size()) <= cfg_.max_len, "SftTrainer: example ", i,
+                    " has ", ex_[i].ids.size(), " tokens, more than max_len ", cfg_.max_len, " (truncate first)");
+    }
+    items_per_epoch_ = static_cast<int64_t>(plan(0).size());
+    steps_per_epoch_ = ceil_div(ceil_div(items_per_epoch_, cfg_.micro_batch), cfg_.grad_accum);
+    total_steps_ = cfg_.max_steps > 0 ? cfg_.max_steps : steps_per_epoch_ * cfg_.epochs;
+    make_optimizer();
+  }
+
+  int64_t total_steps() const { return total_steps_; }
+  int64_t steps_per_epoch() const { return steps_per_epoch_; }
+  int64_t step() const { return step_; }
+  const std::vector<StepLog>& history() const { return history_; }
+  AdamW<D>& optimizer() { return *opt_; }
+
+  // Continues from the newest complete checkpoint under out_dir, if any; returns its step (0: none).
+  int64_t resume() {
+    const std::string dir = latest_checkpoint(cfg_.out_dir);
+    if (dir.empty()) return 0;
+    load_checkpoint(dir);
+    return step_;
+  }
+
+  // Runs to total_steps(); on_step is called after every step (progress, logging).
+  void train(const std::function<void(const StepLog&)>& on_step = {}) {
+    while (step_ < total_steps_) {
+      const StepLog log = train_step();
+      if (on_step) on_step(log);
+      const bool epoch_end = step_ % steps_per_epoch_ == 0;
+      if (!cfg_.out_dir.empty() &&
+          ((cfg_.save_every > 0 && step_ % cfg_.save_every == 0) || epoch_end || step_ == total_steps_))
+        save_checkpoint();
+    }
+  }
+
+  // One optimizer step.
+  StepLog train_step() {
+    DISTILL_CHECK(step_ < total_steps_, "SftTrainer: all ", total_steps_, " steps are done");
+    const auto t0 = std::chrono::steady_clock::now();
+    const int64_t epoch = step_ / steps_per_epoch_, in_epoch = step_ % steps_per_epoch_;
+    const std::vector<std::vector<int64_t>> items = plan(epoch);
+    const int64_t first = in_epoch * cfg_.grad_accum * cfg_.micro_batch;
+    const int64_t last = std::min<int64_t>(first + cfg_.grad_accum * cfg_.micro_batch, items_per_epoch_);
+    DISTILL_CHECK(first < last, "SftTrainer: internal error: empty step");
+    std::vector<data::Batch> mbs;
+    int64_t num_items = 0, seq_tokens = 0;
+    for (int64_t b = first; b < last; b += cfg_.micro_batch) {
+      std::vector<const data::SftExample*> ex;
+      for (int64_t i = b; i < std::min(b + cfg_.micro_batch, last); ++i)
+        for (int64_t e : items[static_cast<size_t>(i)]) ex.push_back(&ex_[static_cast<size_t>(e)]);
+      mbs.push_back(cfg_.packing ? data::make_packed_batch(ex, cfg_.max_len, cfg_.pad_id)
+                                 : data::make_batch(ex, cfg_.pad_id));
+      num_items += count_targets(mbs.back().labels);
+      seq_tokens += mbs.back().ids.numel();
+    }
+    if (num_items == 0)
+      throw Error("training step " + std::to_string(step_ + 1) + " (epoch " + std::to_string(epoch + 1) +
+                  "): none of its examples has a trained (assistant) token after truncation; check max_len and the "
+                  "data");
+    opt_->zero_grad();
+    double loss = 0;
+    for (size_t m = 0; m < mbs.size(); ++m) {
+      models::RunOptions run;
+      run.train = true;
+      run.seed = nn::derive_seed(cfg_.seed, static_cast<uint64_t>(step_) * 1024 + m);
+      run.checkpoint_blocks = cfg_.checkpoint_blocks;
+      if (cfg_.packing) run.segments = mbs[m].segments;
+      const Var<T, D> l = causal_lm_loss(model_, mbs[m].ids, mbs[m].labels, mbs[m].attention_mask, num_items, run);
+      loss += static_cast<double>(to_compute<T>(l.value().template to<Cpu>().data()[0]));
+      l.backward();
+    }
+    const auto params = opt_->params();
+    const double norm = grad_global_norm<D>(std::span<const Var<float, D>>(params));
+    const double scale = cfg_.max_grad_norm > 0 ? clip_coefficient(norm, cfg_.max_grad_norm) : 1.0;
+    const double lr = cfg_.adamw.lr * lr_multiplier(cfg_.schedule, step_, cfg_.warmup_steps, total_steps_);
+    if (cfg_.fault) cfg_.fault("step:" + std::to_string(step_ + 1));
+    opt_->set_lr(lr);
+    opt_->step(scale);
+    opt_->zero_grad();
+    ++step_;
+    StepLog log;
+    log.step = step_;
+    log.total_steps = total_steps_;
+    log.epoch = static_cast<double>(epoch) + static_cast<double>(last) / static_cast<double>(items_per_epoch_);
+    log.loss = loss;
+    log.grad_norm = norm;
+    log.lr = lr;
+    log.tokens = num_items;
+    log.seq_tokens = seq_tokens;
+    log.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    history_.push_back(log);
+    return log;
+  }
+
+  // Writes checkpoint-<step> under out_dir (atomically, see the file comment); returns its path.
+  std::string save_checkpoint() {
+    namespace fs = std::filesystem;
+    DISTILL_CHECK(!cfg_.out_dir.empty(), "SftTrainer: no out_dir to save checkpoints in");
+    fs::create_directories(cfg_.out_dir);
+    const fs::path final_dir = fs::path(cfg_.out_dir) / ("checkpoint-" + std::to_string(step_));
+    const fs::path tmp = fs::path(cfg_.out_dir) / (".checkpoint-" + std::to_string(step_) + ".tmp");
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    models::save_peft_adapter(model_, lora_, tmp.string(), cfg_.base_model);
+    if (cfg_.fault) cfg_.fault("checkpoint:" + std::to_string(step_));
+    io::SafetensorsWriter w;
+    const auto named = models::named_lora_parameters(model_);
+    nlohmann::ordered_json t = nlohmann::ordered_json::array();
+    for (size_t i = 0; i < named.size(); ++i) {
+      const auto& st = opt_->state(i);
+      if (st.m.defined()) {
+        w.add("m." + named[i].first, st.m.template to<Cpu>());
+        w.add("v." + named[i].first, st.v.template to<Cpu>());
+      }
+      t.push_back(st.t);
+    }
+    w.set_metadata("format", "distill-adamw");
+    w.save((tmp / "optimizer.safetensors").string());
+    nlohmann::ordered_json s;
+    s["format"] = "distill-trainer-state/1";
+    s["step"] = step_;
+    s["total_steps"] = total_steps_;
+    s["steps_per_epoch"] = steps_per_epoch_;
+    s["epoch"] = step_ / steps_per_epoch_;
+    s["optimizer_steps"] = opt_->step_count();
+    s["param_steps"] = t;
+    s["seed"] = cfg_.seed;
+    s["settings"] = settings_json();
+    nlohmann::ordered_json h = nlohmann::ordered_json::array();
+    for (const StepLog& l : history_)
+      h.push_back({{"step", l.step},
+                   {"epoch", l.epoch},
+                   {"loss", l.loss},
+                   {"grad_norm", l.grad_norm},
+                   {"lr", l.lr},
+                   {"tokens", l.tokens},
+                   {"seconds", l.seconds}});
+    s["log_history"] = h;
+    io::atomic_write((tmp / "trainer_state.json").string(), s.dump(2) + "\n");
+    io::atomic_write((tmp / "COMPLETE").string(), std::string_view("ok\n"));
+    fs::remove_all(final_dir);
+    fs::rename(tmp, final_dir);
+    fsync_dir(cfg_.out_dir);
+    return final_dir.string();
+  }
+
+  void load_checkpoint(const std::string& dir) {
+    namespace fs = std::filesystem;
+    DISTILL_CHECK(fs::exists(fs::path(dir) / "COMPLETE"), dir, ": incomplete checkpoint (no COMPLETE marker)");
+    nlohmann::json s;
+    {
+      const std::string p = (fs::path(dir) / "trainer_state.json").string();
+      std::ifstream f(p);
+      DISTILL_CHECK(f.good(), p, ": cannot open");
+      try {
+        s = nlohmann::json::parse(f);
+      } catch (const nlohmann::json::exception& e) {
+        throw Error(p + ": invalid JSON: " + e.what());
+      }
+      DISTILL_CHECK(s.value("format", "") == "distill-trainer-state/1", p, ": not a Distill trainer state");
+      const nlohmann::json now = nlohmann::json::parse(settings_json().dump());
+      DISTILL_CHECK(s.at("settings") == now, p,
+                    ": the checkpoint was made with different training settings; resuming would not continue the "
+                    "same run (saved ",
+                    s.at("settings").dump(), ", now ", now.dump(), ")");
+    }
+    lora_ = models::load_peft_adapter(model_, dir);
+    make_optimizer();
+    const io::SafetensorsFile f = io::SafetensorsFile::open((fs::path(dir) / "optimizer.safetensors").string());
+    const auto named = models::named_lora_parameters(model_);
+    const auto& t = s.at("param_steps");
+    DISTILL_CHECK(t.is_array() && t.size() == named.size(), dir, ": optimizer state for ", t.size(),
+                  " tensors, the adapter has ", named.size());
+    for (size_t i = 0; i < named.size(); ++i) {
+      auto& st = opt_->state(i);
+      st.t = t[i].get<int64_t>();
+      if (st.t == 0) continue;
+      auto load = [&](const std::string& n) {
+        DISTILL_CHECK(f.find(n) != nullptr, dir, "/optimizer.safetensors: missing ", n);
+        Tensor<float> x = f.template load<float>(n);
+        check_same_shape(x.shape(), named[i].second.shape(), "optimizer state vs adapter");
+        if constexpr (std::is_same_v<D, Cpu>)
+          return x;
+        else
+          return x.template to<D>();
+      };
+      st.m = load("m." + named[i].first);
+      st.v = load("v." + named[i].first);
+    }
+    opt_->set_step_count(s.at("optimizer_steps").get<int64_t>());
+    step_ = s.at("step").get<int64_t>();
+    history_.clear();
+    for (const auto& h : s.at("log_history")) {
+      StepLog l;
+      l.step = h.at("step").get<int64_t>();
+      l.epoch = h.at("epoch").get<double>();
+      l.loss = h.at("loss").get<double>();
+      l.grad_norm = h.at("grad_norm").get<double>();
+      l.lr = h.at("lr").get<double>();
+      l.tokens = h.at("tokens").get<int64_t>();
+      l.seconds = h.at("seconds").get<double>();
+      l.total_steps = total_steps_;
+      history_.push_back(l);
+    }
+  }
+
+ private:
+  static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+  static void fsync_dir(const std::string& d) {
+    const int fd = ::open(d.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+      ::fsync(fd);
+      ::close(fd);
+    }
+  }
+
+  void make_optimizer() { opt_ = std::make_unique<AdamW<D>>(models::lora_parameters(model_), cfg_.adamw); }
+
+  // The items of an epoch in visiting order: one example each, or (packing) the examples of one row.
+  std::vector<std::vector<int64_t>> plan(int64_t epoch) const {
+    const auto order = epoch_order(static_cast<int64_t>(ex_.size()), cfg_.seed, epoch, cfg_.shuffle);
+    std::vector<std::vector<int64_t>> items;
+    if (!cfg_.packing) {
+      for (int64_t i : order) items.push_back({i});
+      return items;
+    }
+    int64_t used = 0;
+    for (int64_t i : order) {
+      const auto n = static_cast<int64_t>(ex_[static_cast<size_t>(i)].ids.size());
+      if (items.empty() || used + n > cfg_.max_len) {
+        items.push_back({});
+        used = 0;
+      }
+      items.back().push_back(i);
+      used += n;
+    }
+    return items;
+  }
+
+  // What must not change between a run and its resumption.
+  nlohmann::ordered_json settings_json() const {
+    nlohmann::ordered_json j;
+    j["lr"] = cfg_.adamw.lr;
+    j["betas"] = {cfg_.adamw.beta1, cfg_.adamw.beta2};
+    j["eps"] = cfg_.adamw.eps;
+    j["weight_decay"] = cfg_.adamw.weight_decay;
+    j["schedule"] = static_cast<int>(cfg_.schedule);
+    j["warmup_steps"] = cfg_.warmup_steps;
+    j["max_grad_norm"] = cfg_.max_grad_norm;
+    j["micro_batch"] = cfg_.micro_batch;
+    j["grad_accum"] = cfg_.grad_accum;
+    j["total_steps"] = total_steps_;
+    j["packing"] = cfg_.packing;
+    j["max_len"] = cfg_.max_len;
+    j["seed"] = cfg_.seed;
+    j["shuffle"] = cfg_.shuffle;
+    j["examples"] = ex_.size();
+    uint64_t h = 1469598103934665603ull;  // FNV-1a over every example's ids and labels
+    for (const auto& e : ex_) {
+      for (int32_t v : e.ids) h = (h ^ static_cast<uint32_t>(v)) * 1099511628211ull;
+      h = (h ^ 0xFFFFFFFFull) * 1099511628211ull;
+      for (int32_t v : e.labels) h = (h ^ static_cast<uint32_t>(v)) * 1099511628211ull;
+    }
+    j["data_hash"] = std::to_string(h);
+    j["lora_r"] = lora_.r;
+    j["lora_alpha"] = lora_.alpha;
+    j["lora_dropout"] = lora_.dropout;
+    j["rslora"] = lora_.rslora;
+    return j;
+  }
+
+  Model& model_;
+  nn::LoraConfig lora_;
+  std::vector<data::SftExample> ex_;
+  TrainerConfig cfg_;
+  std::unique_ptr<AdamW<D>> opt_;
+  int64_t items_per_epoch_ = 0, steps_per_epoch_ = 0, total_steps_ = 0, step_ = 0;
+  std::vector<StepLog> history_;
+};
+
+}  // namespace distill::train
