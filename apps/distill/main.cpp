@@ -4,6 +4,9 @@
 //   distill inspect PATH
 //   distill generate --model DIR [--prompt TEXT] [sampling flags]
 //   distill logits --model DIR < ids.json
+//   distill train --model DIR --data FILE.jsonl --out DIR
+//   distill quantize --model DIR --out DIR
+//   distill merge --model DIR --adapter DIR --out DIR
 // Errors are one line on stderr ("distill: error: ...") and exit status 1; usage errors exit 2.
 #include <CLI/CLI.hpp>
 #include <cstdio>
@@ -11,6 +14,7 @@
 
 #include "commands.hpp"
 #include "model_commands.hpp"
+#include "train_commands.hpp"
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -77,6 +81,7 @@ int main(int argc, char** argv) {
       ->default_val("f32")
       ->check(CLI::IsMember({"f32", "bf16"}));
   generate->add_option("--threads,-j", gen.threads, "CPU threads (0: all cores)")->default_val(0);
+  generate->add_option("--adapter,-a", gen.adapter, "A PEFT LoRA adapter directory to apply");
 
   distill::app::LogitsCmd lg;
   auto* logits = app.add_subcommand(
@@ -85,6 +90,74 @@ int main(int argc, char** argv) {
   logits->add_flag("--last", lg.last, "Only the last position of each sequence");
   logits->add_option("--dtype", lg.dtype, "f32 or bf16")->default_val("f32")->check(CLI::IsMember({"f32", "bf16"}));
   logits->add_option("--threads,-j", lg.threads, "CPU threads (0: all cores)")->default_val(0);
+  logits->add_option("--adapter,-a", lg.adapter, "A PEFT LoRA adapter directory to apply");
+
+  distill::app::TrainCmd tr;
+  auto* train = app.add_subcommand(
+      "train",
+      "LoRA/QLoRA fine-tuning on chats (loss on assistant tokens only): NF4 base, PEFT adapter checkpoints, "
+      "resumable; a progress bar on stderr, one JSON line per step on stdout and in OUT/train_log.jsonl");
+  train->add_option("--model,-m", tr.model, "Base checkpoint directory (config.json, safetensors, tokenizer)")
+      ->required();
+  train
+      ->add_option(
+          "--data,-d", tr.data,
+          "JSONL: {\"messages\": [...]}, {\"question\", \"answer\"} or pre-tokenized {\"ids\", \"labels\"} per line")
+      ->required();
+  train->add_option("--out,-o", tr.out, "Output directory (checkpoint-<step>/, adapter/, train_log.jsonl)")->required();
+  train->add_option("--adapter,-a", tr.adapter, "Start from this PEFT adapter instead of a fresh one");
+  train->add_flag("!--no-quantize", tr.quantize, "Train LoRA on the dense base instead of an NF4 one");
+  train->add_option("--quant-type", tr.quant_type, "4-bit format of the base")
+      ->default_val("nf4")
+      ->check(CLI::IsMember({"nf4", "fp4"}));
+  train->add_option("--lora-r,-r", tr.lora_r, "LoRA rank")->default_val(16);
+  train->add_option("--lora-alpha", tr.lora_alpha, "LoRA alpha (scaling = alpha / r)")->default_val(16);
+  train->add_option("--lora-dropout", tr.lora_dropout, "Dropout on the adapter input")->default_val(0.0);
+  train->add_flag("--rslora", tr.rslora, "scaling = alpha / sqrt(r)");
+  train->add_option("--target-modules", tr.targets, "Projections to adapt (default: q,k,v,o,gate,up,down)")
+      ->delimiter(',');
+  train->add_option("--lr", tr.lr, "Peak learning rate")->default_val(2e-4);
+  train->add_option("--weight-decay", tr.weight_decay, "AdamW weight decay")->default_val(0.0);
+  train->add_option("--schedule", tr.schedule, "LR schedule")
+      ->default_val("linear")
+      ->check(CLI::IsMember({"linear", "cosine", "constant", "constant_with_warmup"}));
+  train->add_option("--warmup-steps", tr.warmup_steps, "Linear warmup steps")->default_val(0);
+  train->add_option("--max-grad-norm", tr.max_grad_norm, "Global-norm clipping (0: off)")->default_val(1.0);
+  train->add_option("--batch-size,-b", tr.batch_size, "Examples (rows when packing) per micro-batch")->default_val(2);
+  train->add_option("--grad-accum", tr.grad_accum, "Micro-batches per optimizer step")->default_val(4);
+  train->add_option("--epochs", tr.epochs, "Passes over the data")->default_val(1);
+  train->add_option("--max-steps", tr.max_steps, "Stop after this many steps (overrides --epochs)")->default_val(0);
+  train->add_option("--max-len", tr.max_len, "Tokens per example (truncated) / per packed row")->default_val(2048);
+  train->add_flag("--packing", tr.packing, "Pack several examples per row (no attention across them)");
+  train->add_flag("--grad-checkpoint", tr.grad_checkpoint, "Recompute each block in backward (less memory)");
+  train->add_option("--save-every", tr.save_every, "Checkpoint every N steps (also at each epoch end)")->default_val(0);
+  train->add_option("--seed", tr.seed, "Seed of data order, adapter init and dropout")->default_val(3407);
+  train->add_flag("--no-shuffle", tr.no_shuffle, "Visit the examples in file order");
+  train->add_flag("--resume", tr.resume, "Continue from the newest complete checkpoint in --out");
+  train->add_option("--limit", tr.limit, "Use only the first N records")->default_val(0);
+  train->add_flag("--quiet,-q", tr.quiet, "No progress bar");
+  train->add_option("--dtype", tr.dtype, "Activations in memory: f32 or bf16")
+      ->default_val("f32")
+      ->check(CLI::IsMember({"f32", "bf16"}));
+  train->add_option("--threads,-j", tr.threads, "CPU threads (0: all cores)")->default_val(0);
+
+  distill::app::QuantizeCmd qz;
+  auto* quantize = app.add_subcommand(
+      "quantize", "A bf16 checkpoint -> a bitsandbytes 4-bit checkpoint (NF4, double quant) that transformers loads");
+  quantize->add_option("--model,-m", qz.model, "Source checkpoint directory")->required();
+  quantize->add_option("--out,-o", qz.out, "Output directory")->required();
+  quantize->add_option("--quant-type", qz.quant_type, "nf4 or fp4")
+      ->default_val("nf4")
+      ->check(CLI::IsMember({"nf4", "fp4"}));
+  quantize->add_option("--blocksize", qz.blocksize, "Elements per absmax block")->default_val(64);
+  quantize->add_flag("--no-double-quant", qz.no_double_quant, "Keep the absmax in f32");
+
+  distill::app::MergeCmd mg;
+  auto* merge = app.add_subcommand(
+      "merge", "A base checkpoint (bf16 or 4-bit) + a PEFT LoRA adapter -> a merged bf16 checkpoint");
+  merge->add_option("--model,-m", mg.model, "Base checkpoint directory")->required();
+  merge->add_option("--adapter,-a", mg.adapter, "PEFT adapter directory")->required();
+  merge->add_option("--out,-o", mg.out, "Output directory")->required();
 
   try {
     app.parse(argc, argv);
@@ -99,6 +172,9 @@ int main(int argc, char** argv) {
     if (*inspect) distill::app::run_inspect(in, std::cout);
     if (*generate) distill::app::run_generate(gen, std::cin, std::cout, std::cerr);
     if (*logits) distill::app::run_logits(lg, std::cin, std::cout);
+    if (*train) distill::app::run_train(tr, std::cout, std::cerr);
+    if (*quantize) distill::app::run_quantize(qz, std::cerr);
+    if (*merge) distill::app::run_merge(mg, std::cerr);
     std::cout.flush();
     if (!std::cout) throw distill::Error("cannot write to stdout");
   } catch (const std::exception& e) {

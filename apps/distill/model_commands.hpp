@@ -18,19 +18,15 @@
 #include "distill/core/parallel.hpp"
 #include "distill/generate/generate.hpp"
 #include "distill/generate/text_stream.hpp"
+#include "distill/models/adapter.hpp"
 #include "distill/models/gemma3.hpp"
 #include "distill/models/qwen3.hpp"
 #include "distill/models/transformer.hpp"
 #include "distill/text/chat.hpp"
 #include "distill/text/tokenizer.hpp"
+#include "model_options.hpp"
 
 namespace distill::app {
-
-struct ModelOptions {
-  std::string model;          // checkpoint directory (config.json, safetensors; tokenizer files for text)
-  std::string dtype = "f32";  // activations and weights in memory: f32 or bf16
-  int threads = 0;            // 0: all cores
-};
 
 struct GenerateCmd : ModelOptions {
   std::string prompt;      // empty: read stdin
@@ -50,14 +46,6 @@ struct LogitsCmd : ModelOptions {
 };
 
 namespace detail {
-
-inline void set_threads(int n) {
-#if defined(_OPENMP)
-  if (n > 0) omp_set_num_threads(n);
-#else
-  (void)n;
-#endif
-}
 
 inline std::vector<int32_t> parse_id_list(const std::string& s) {
   std::vector<int32_t> ids;
@@ -79,25 +67,6 @@ inline std::vector<int32_t> parse_id_list(const std::string& s) {
   return ids;
 }
 
-// Calls fn.template operator()<Spec, T>() for the checkpoint's family and the requested dtype.
-template <class F>
-void with_model_type(const ModelOptions& o, F&& fn) {
-  const io::ModelConfig cfg = io::load_model_config(o.model);
-  if (o.dtype != "f32" && o.dtype != "bf16") throw Error("--dtype must be f32 or bf16, got \"" + o.dtype + "\"");
-  const bool bf = o.dtype == "bf16";
-  if (cfg.arch == io::ModelArch::Qwen3) {
-    if (bf)
-      fn.template operator()<models::qwen3::kFamily, bf16>();
-    else
-      fn.template operator()<models::qwen3::kFamily, float>();
-  } else {
-    if (bf)
-      fn.template operator()<models::gemma3::kFamily, bf16>();
-    else
-      fn.template operator()<models::gemma3::kFamily, float>();
-  }
-}
-
 }  // namespace detail
 
 // Streams the generated text (or ids, with --prompt-ids) to `out`, then one stats line to `err`.
@@ -107,7 +76,7 @@ inline generate::GenerateStats run_generate(const GenerateCmd& o, std::istream& 
   generate::GenerateStats stats;
   detail::with_model_type(o, [&]<models::TransformerSpec Spec, class T>() {
     const auto load0 = std::chrono::steady_clock::now();
-    const auto model = models::Transformer<Spec, T>::load(o.model);
+    const auto model = detail::load_model<Spec, T>(o);
     const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - load0).count();
 
     std::optional<text::Tokenizer> tok;
@@ -211,7 +180,7 @@ inline void run_logits(const LogitsCmd& o, std::istream& in, std::ostream& out) 
     }
   detail::with_model_type(o, [&]<models::TransformerSpec Spec, class T>() {
     autograd::NoGradGuard no_grad;
-    const auto model = models::Transformer<Spec, T>::load(o.model);
+    const auto model = detail::load_model<Spec, T>(o);
     const Tensor<float> l = model.forward(ids, mask).value().template cast<float>();
     const int64_t V = l.dim(2);
     char buf[32];

@@ -1,0 +1,231 @@
+// The train, quantize and merge subcommands (declared in train_commands.hpp).
+#include "train_commands.hpp"
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <optional>
+
+#include "distill/data/jsonl.hpp"
+#include "distill/models/export.hpp"
+#include "distill/text/chat.hpp"
+#include "distill/train/trainer.hpp"
+
+namespace distill::app {
+
+namespace detail {
+
+// A one-line progress bar on a terminal stream: [#####.....] step/total, rate, ETA, then fields.
+class ProgressBar {
+ public:
+  ProgressBar(std::ostream& os, int64_t total, bool enabled) : os_(os), total_(total), on_(enabled) {
+    t0_ = std::chrono::steady_clock::now();
+  }
+  void update(int64_t done, const std::string& fields) {
+    if (!on_) return;
+    const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    const double frac = total_ > 0 ? static_cast<double>(done) / static_cast<double>(total_) : 0;
+    const int w = 24, fill = static_cast<int>(frac * w);
+    std::string bar(static_cast<size_t>(fill), '#');
+    bar.resize(w, '.');
+    const double eta = done > start_ ? el / static_cast<double>(done - start_) * static_cast<double>(total_ - done) : 0;
+    char line[512];
+    std::snprintf(line, sizeof line, "\r[%s] %lld/%lld %3.0f%% %s eta %s  %s", bar.c_str(),
+                  static_cast<long long>(done), static_cast<long long>(total_), 100 * frac, hms(el).c_str(),
+                  hms(eta).c_str(), fields.c_str());
+    os_ << line << (done >= total_ ? "\n" : "") << std::flush;
+  }
+  void set_start(int64_t s) { start_ = s; }
+
+ private:
+  static std::string hms(double s) {
+    const auto t = static_cast<long long>(s);
+    char b[32];
+    std::snprintf(b, sizeof b, "%lld:%02lld:%02lld", t / 3600, t / 60 % 60, t % 60);
+    return b;
+  }
+  std::ostream& os_;
+  int64_t total_, start_ = 0;
+  bool on_;
+  std::chrono::steady_clock::time_point t0_;
+};
+
+// The examples of a JSONL file, one per line: {"messages": [...]} or GSM8K's {"question", "answer"} (a user
+// turn, then the assistant's), rendered with the model's chat template and labelled on assistant tokens; or
+// pre-tokenized {"ids": [...], "labels": [...]} (labels optional: then every token is trained).
+inline std::vector<data::SftExample> read_examples(const std::string& path, const std::string& model_dir,
+                                                   int64_t max_len, int64_t limit) {
+  data::JsonlReader r(path);
+  std::vector<data::SftExample> out;
+  std::optional<text::Tokenizer> tok;
+  std::optional<text::ChatFormat> fmt;
+  nlohmann::json j;
+  auto ids_of = [&](const nlohmann::json& a, const std::string& where, const char* key) {
+    if (!a.is_array() || a.empty()) throw Error(where + ": \"" + key + "\" must be a non-empty array of integers");
+    std::vector<int32_t> v;
+    for (const auto& x : a) {
+      if (!x.is_number_integer() || x.get<int64_t>() < -100 || x.get<int64_t>() > INT32_MAX)
+        throw Error(where + ": \"" + key + "\" holds " + x.dump() + ", not a token id");
+      v.push_back(x.get<int32_t>());
+    }
+    return v;
+  };
+  while ((limit <= 0 || static_cast<int64_t>(out.size()) < limit) && r.next(j)) {
+    const std::string where = path + ":" + std::to_string(out.size() + 1);
+    if (j.contains("ids")) {
+      data::SftExample e;
+      e.ids = ids_of(j["ids"], where, "ids");
+      e.labels = j.contains("labels") ? ids_of(j["labels"], where, "labels") : e.ids;
+      if (e.labels.size() != e.ids.size()) throw Error(where + ": \"labels\" and \"ids\" differ in length");
+      if (max_len > 0 && static_cast<int64_t>(e.ids.size()) > max_len) {
+        e.ids.resize(static_cast<size_t>(max_len));
+        e.labels.resize(static_cast<size_t>(max_len));
+      }
+      out.push_back(std::move(e));
+      continue;
+    }
+    std::vector<text::Message> chat;
+    if (j.contains("messages")) {
+      chat = text::messages_from_json(j.at("messages"), where);
+    } else if (j.contains("question") && j.contains("answer") && j["question"].is_string() && j["answer"].is_string()) {
+      chat = {text::Message{"user", j["question"].get<std::string>()},
+              text::Message{"assistant", j["answer"].get<std::string>()}};
+    } else {
+      throw Error(where + ": expected {\"messages\": [...]}, {\"question\", \"answer\"} or {\"ids\", \"labels\"}");
+    }
+    if (!tok) {
+      tok = text::Tokenizer::from_file(model_dir);
+      fmt = text::detect_chat_format(model_dir);
+    }
+    out.push_back(data::build_sft_example(*tok, *fmt, chat, max_len));
+  }
+  if (out.empty()) throw Error(path + ": no records");
+  return out;
+}
+
+}  // namespace detail
+
+void run_train(const TrainCmd& o, std::ostream& log, std::ostream& err) {
+  detail::set_threads(o.threads);
+  DISTILL_CHECK(!o.out.empty(), "train: --out DIR is required");
+  detail::with_model_type(o, [&]<models::TransformerSpec Spec, class T>() {
+    models::LoadOptions lo;
+    lo.quantize = o.quantize;
+    DISTILL_CHECK(o.quant_type == "nf4" || o.quant_type == "fp4", "--quant-type must be nf4 or fp4");
+    lo.qtype = o.quant_type == "nf4" ? quant::QuantType::Nf4 : quant::QuantType::Fp4;
+    auto model = models::Transformer<Spec, T>::load(o.model, "model", lo);
+
+    std::vector<data::SftExample> ex = detail::read_examples(o.data, o.model, o.max_len, o.limit);
+
+    nn::LoraConfig lc;
+    lc.r = o.lora_r;
+    lc.alpha = o.lora_alpha;
+    lc.dropout = o.lora_dropout;
+    lc.rslora = o.rslora;
+    if (!o.targets.empty()) lc.targets = o.targets;
+    lc.seed = o.seed;
+    if (!o.adapter.empty())
+      lc = models::load_peft_adapter(model, o.adapter);  // continue training a given adapter
+    else
+      models::attach_lora(model, lc);
+
+    train::TrainerConfig tc;
+    tc.adamw = {o.lr, 0.9, 0.999, 1e-8, o.weight_decay};
+    tc.schedule = parse_lr_schedule(o.schedule);
+    tc.warmup_steps = o.warmup_steps;
+    tc.max_grad_norm = o.max_grad_norm;
+    tc.micro_batch = o.batch_size;
+    tc.grad_accum = o.grad_accum;
+    tc.epochs = o.epochs;
+    tc.max_steps = o.max_steps;
+    tc.packing = o.packing;
+    tc.max_len = o.max_len;
+    tc.pad_id = 0;
+    tc.checkpoint_blocks = o.grad_checkpoint;
+    tc.seed = o.seed;
+    tc.shuffle = !o.no_shuffle;
+    tc.save_every = o.save_every;
+    tc.out_dir = o.out;
+    tc.base_model = o.model;
+    if (const char* k = std::getenv("DISTILL_TEST_KILL_AT")) {  // tests: die mid-run, like kill -9
+      const std::string at = k;
+      tc.fault = [at](const std::string& stage) {
+        if (stage == at) std::_Exit(86);
+      };
+    }
+    train::SftTrainer<Spec, T> tr(model, lc, std::move(ex), tc);
+    int64_t from = 0;
+    if (o.resume) {
+      from = tr.resume();
+      err << (from ? "[distill] resumed from " + train::latest_checkpoint(o.out) + "\n"
+                   : std::string("[distill] no checkpoint to resume from; starting at step 0\n"));
+    } else {
+      DISTILL_CHECK(train::latest_checkpoint(o.out).empty(), o.out,
+                    " already holds checkpoints; pass --resume to continue that run or choose another --out");
+    }
+    err << "[distill] " << models::family_name(Spec.family) << (o.quantize ? " NF4" : "") << " + LoRA r=" << lc.r
+        << ": " << models::lora_parameters(model).size() << " adapter tensors, " << tr.steps_per_epoch()
+        << " steps/epoch, " << tr.total_steps() << " steps\n";
+    // The log keeps the steps the run now continues from (a killed run may have logged steps past its last
+    // checkpoint; they are done again).
+    std::filesystem::create_directories(o.out);
+    const std::filesystem::path log_path = std::filesystem::path(o.out) / "train_log.jsonl";
+    if (std::filesystem::exists(log_path)) {
+      std::string kept;
+      data::JsonlReader r(log_path.string());
+      std::string_view line;
+      while (r.next_line(line)) {
+        const auto j = nlohmann::json::parse(line, nullptr, false);
+        if (!j.is_discarded() && j.is_object() && j.value("step", int64_t{0}) <= from)
+          kept.append(line).push_back('\n');
+      }
+      io::atomic_write(log_path.string(), kept);
+    }
+    detail::ProgressBar bar(err, tr.total_steps(), !o.quiet);
+    bar.set_start(from);
+    data::JsonlWriter logw(log_path.string(), /*append=*/true);
+    tr.train([&](const train::StepLog& l) {
+      nlohmann::json j{{"step", l.step},
+                       {"epoch", l.epoch},
+                       {"loss", l.loss},
+                       {"grad_norm", l.grad_norm},
+                       {"lr", l.lr},
+                       {"tokens", l.tokens},
+                       {"seq_tokens", l.seq_tokens},
+                       {"seconds", l.seconds}};
+      logw.write(j);
+      log << j.dump() << '\n' << std::flush;
+      char f[160];
+      std::snprintf(f, sizeof f, "loss %.4f lr %.2e gnorm %.3f %.0f tok/s", l.loss, l.lr, l.grad_norm,
+                    static_cast<double>(l.seq_tokens) / std::max(l.seconds, 1e-9));
+      bar.update(l.step, f);
+    });
+    const std::string fin = (std::filesystem::path(o.out) / "adapter").string();
+    models::save_peft_adapter(model, lc, fin, o.model);
+    err << "[distill] adapter written to " << fin << "\n";
+  });
+}
+
+void run_quantize(const QuantizeCmd& o, std::ostream& err) {
+  models::QuantizeOptions q;
+  DISTILL_CHECK(o.quant_type == "nf4" || o.quant_type == "fp4", "--quant-type must be nf4 or fp4");
+  q.qtype = o.quant_type == "nf4" ? quant::QuantType::Nf4 : quant::QuantType::Fp4;
+  q.blocksize = o.blocksize;
+  q.double_quant = !o.no_double_quant;
+  const int64_t n = models::quantize_checkpoint(o.model, o.out, q);
+  err << "[distill] " << n << " projections quantized to " << o.quant_type << (q.double_quant ? " (double quant)" : "")
+      << " -> " << o.out << "\n";
+}
+
+void run_merge(const MergeCmd& o, std::ostream& err) {
+  ModelOptions mo;
+  mo.model = o.model;
+  mo.adapter = o.adapter;
+  detail::with_model_type(mo, [&]<models::TransformerSpec Spec, class T>() {
+    const auto model = detail::load_model<Spec, T>(mo);
+    models::export_merged(model, o.model, o.out);
+  });
+  err << "[distill] merged " << o.adapter << " into " << o.model << " -> " << o.out << " (bf16)\n";
+}
+
+}  // namespace distill::app
