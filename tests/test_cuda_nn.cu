@@ -1,5 +1,6 @@
 // nn/ on the GPU: nf4_linear (the weight dequantized on the host and uploaded until issue 7's kernels) and a
 // LoRA adapter's delta with its gradients, against ref:: and the CPU backend's gradients of the same graph.
+// A .cu file: the adapter's element-wise products compile into kernels here.
 #include "cuda_harness.hpp"
 #include "distill/nn/linear.hpp"
 
