@@ -95,11 +95,12 @@ inline int64_t quantize_checkpoint(const std::string& src, const std::string& ou
   const std::string prefix = detail::find_prefix(ck);
   io::SafetensorsWriter wr;
   int64_t n = 0;
+  for (const io::TensorInfo* t : ck.tensors())
+    DISTILL_CHECK(!t->name.ends_with(".absmax") && t->name.find(".quant_state.") == std::string::npos, src,
+                  ": already quantized (", t->name, ")");
   for (const io::TensorInfo* t : ck.tensors()) {
     int64_t layer = 0;
     Role role{};
-    DISTILL_CHECK(!t->name.ends_with(".absmax") && t->name.find(".quant_state.") == std::string::npos, src,
-                  ": already quantized (", t->name, ")");
     if (detail::parse_projection(fam, prefix, t->name, layer, role)) {
       DISTILL_CHECK(t->shape.size() == 2, src, ": projection ", t->name, " is not 2-D");
       DISTILL_CHECK(t->dtype == io::StDtype::BF16 || t->dtype == io::StDtype::F16 || t->dtype == io::StDtype::F32, src,
