@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -145,6 +146,12 @@ inline PeftLoraConfig parse_peft_config(const nlohmann::json& j, const std::stri
     if (c.target_regex == "all-linear") {
       c.target_modules = {"all-linear"};
       c.target_regex.clear();
+    } else {
+      try {
+        (void)std::regex(c.target_regex);
+      } catch (const std::regex_error& e) {
+        fail("\"target_modules\" is not a valid regular expression: " + std::string(e.what()));
+      }
     }
   } else if (t->is_array()) {
     for (const auto& x : *t) {

@@ -266,7 +266,18 @@ class SftTrainer {
     return final_dir.string();
   }
 
+  // Restores a checkpoint directory (adapter, optimizer state, step, log). A malformed or foreign checkpoint is
+  // one distill::Error naming the file.
   void load_checkpoint(const std::string& dir) {
+    try {
+      load_checkpoint_unchecked(dir);
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(dir + "/trainer_state.json: malformed trainer state: " + e.what());
+    }
+  }
+
+ private:
+  void load_checkpoint_unchecked(const std::string& dir) {
     namespace fs = std::filesystem;
     DISTILL_CHECK(fs::exists(fs::path(dir) / "COMPLETE"), dir, ": incomplete checkpoint (no COMPLETE marker)");
     nlohmann::json s;
@@ -326,7 +337,6 @@ class SftTrainer {
     }
   }
 
- private:
   static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
   static void fsync_dir(const std::string& d) {
