@@ -194,3 +194,61 @@ TEST_CASE("Linear: 4-bit base + adapter == nf4_linear + delta; dense base == mat
   const Tensor<float> want = distill::ref::matmul(x.reshape({10, 64}), w, false, true);
   CHECK(max_rel(yd.reshape({10, 9}), want) < test::kTolF32.rtol);
 }
+
+TEST_CASE("op:lora_linear fused base + adapter == the composed graph (values and gradients, dropout, NF4, bf16)") {
+  for (bool quantized : {false, true})
+    for (double p : {0.0, 0.3}) {
+      CAPTURE(quantized);
+      CAPTURE(p);
+      nn::LoraConfig c;
+      c.r = 3;
+      c.alpha = 6;
+      c.dropout = p;
+      const auto q = make_q4(9, 64, 51);
+      const Tensor<float> w = rand_f32({9, 64}, 52, 0.5);
+      nn::Linear<float> l = quantized ? nn::Linear<float>(q) : nn::Linear<float>(Var<float>(w, false));
+      l.lora = std::make_shared<nn::LoraAdapter<Cpu>>(nn::LoraAdapter<Cpu>::make(64, 9, c, 3));
+      l.lora->B = Var<float>::param(rand_f32({9, 3}, 4));
+      const Tensor<float> x = rand_f32({2, 5, 64}, 53), g = rand_f32({2, 5, 9}, 54);
+      const nn::LinearRun run{true, 77};
+      // fused (nn::linear on the CPU)
+      Var<float> xf = Var<float>::param(x);
+      Var<float> yf = nn::linear(xf, l, run);
+      yf.backward(g);
+      const Tensor<float> dA = l.lora->A.grad().clone(), dB = l.lora->B.grad().clone();
+      l.lora->A.zero_grad();
+      l.lora->B.zero_grad();
+      // composed
+      Var<float> xc = Var<float>::param(x);
+      Var<float> base = quantized
+                            ? nn::nf4_linear(xc, q)
+                            : reshape(matmul(reshape(xc, {10, 64}), Var<float>(w, false), false, true), {2, 5, 9});
+      Var<float> yc = base + l.lora->delta(xc, run.train, run.seed);
+      yc.backward(g);
+      CHECK(max_rel(yf.value(), yc.value()) < 1e-6);
+      CHECK(max_rel(xf.grad(), xc.grad()) < 1e-6);
+      CHECK(max_rel(dA, l.lora->A.grad()) < 1e-6);
+      CHECK(max_rel(dB, l.lora->B.grad()) < 1e-6);
+    }
+  // bf16 activations: one rounding of base + adapter, gradients within bf16 tolerance of the composed graph.
+  nn::LoraConfig c;
+  c.r = 2;
+  c.alpha = 4;
+  const auto q = make_q4(16, 64, 61);
+  nn::Linear<bf16> l(q);
+  l.lora = std::make_shared<nn::LoraAdapter<Cpu>>(nn::LoraAdapter<Cpu>::make(64, 16, c, 5));
+  l.lora->B = Var<float>::param(rand_f32({16, 2}, 6));
+  const Tensor<bf16> x = rand_f32({7, 64}, 62).cast<bf16>();
+  Var<bf16> xf = Var<bf16>::param(x), xc = Var<bf16>::param(x);
+  Var<bf16> yf = nn::linear(xf, l);
+  Var<bf16> yc = nn::nf4_linear(xc, q) + l.lora->delta(xc, false, 0);
+  CHECK(max_rel(yf.value().cast<float>(), yc.value().cast<float>()) < test::kTolBf16.rtol);
+  const Tensor<bf16> g = rand_f32({7, 16}, 63).cast<bf16>();
+  yf.backward(g);
+  const Tensor<float> dA = l.lora->A.grad().clone();
+  l.lora->A.zero_grad();
+  l.lora->B.zero_grad();
+  yc.backward(g);
+  CHECK(max_rel(xf.grad().cast<float>(), xc.grad().cast<float>()) < test::kTolBf16.rtol);
+  CHECK(max_rel(dA, l.lora->A.grad()) < 1e-5);
+}

@@ -37,10 +37,111 @@ struct LinearRun {
   uint64_t seed = 0;   // dropout stream of this projection (derive_seed per layer/projection/micro-batch)
 };
 
+namespace cpu {
+
+// A frozen base (dense or 4-bit) plus its LoRA adapter as ONE recorded op, y = x·Wᵀ + s·(B(A(drop(x)))):
+// the forward adds the adapter's product into the base output (one rounding to T, as PEFT's
+// `result + lora_out * scaling` upcast then cast back) and keeps only h = drop(x)·Aᵀ [N, r]; the dropout mask is
+// recomputed from its seed. The composed graph (nf4_linear/matmul + LoraAdapter::delta + add) keeps three
+// [N, out] tensors per projection and makes four more passes over them.
+template <class T>
+Var<T> lora_linear(const Var<T>& x, const Linear<T>& l, const LinearRun& run) {
+  const LoraAdapter<Cpu>& ad = *l.lora;
+  const Shape s = x.shape();
+  const int64_t N = s.rows(), in = l.in_features(), out = l.out_features(), r = ad.rank();
+  DISTILL_CHECK(s.back() == in, "linear: input ", s.str(), " does not end in in_features ", in);
+  const double p = run.train ? ad.dropout : 0.0;
+  const float scale = static_cast<float>(ad.scaling), keep = static_cast<float>(1.0 / (1.0 - p));
+  const uint64_t seed = run.seed;
+  const Tensor<T> X = x.value().contiguous().reshape({N, in});
+  // f32(drop(x)) [N, in]: the input itself when T = f32 and no dropout.
+  auto dropped = [X, p, keep, seed, N, in]() {
+    auto xf = Tensor<float>::empty({N, in});
+    const T* src = X.data();
+    float* dst = xf.data();
+    parallel_for(N * in, int64_t{1} << 15, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const float v = static_cast<float>(to_compute<T>(src[i]));
+        dst[i] = p == 0 ? v : (uniform01(seed, static_cast<uint64_t>(i)) >= static_cast<float>(p) ? v * keep : 0.f);
+      }
+    });
+    return xf;
+  };
+  const bool direct = std::is_same_v<T, float> && p == 0;
+  Tensor<float> xd;
+  if constexpr (std::is_same_v<T, float>)
+    xd = direct ? X : dropped();
+  else
+    xd = dropped();
+  auto h = std::make_shared<Tensor<float>>(Tensor<float>::empty({N, r}));
+  distill::detail::gemm_block(xd.data(), false, ad.A.value().data(), true, h->data(), N, r, in, false);
+  auto t = Tensor<float>::empty({N, out});
+  distill::detail::gemm_block(h->data(), false, ad.B.value().data(), true, t.data(), N, out, r, false);
+  Tensor<T> y = distill::cpu::matmul(X, l.dense_weight(), false, true);
+  {
+    T* yp = y.data();
+    const float* tp = t.data();
+    parallel_for(N * out, int64_t{1} << 15, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        const float lo = tp[i] * scale;
+        yp[i] = from_compute<T>(static_cast<compute_t<T>>(static_cast<float>(to_compute<T>(yp[i])) + lo));
+      }
+    });
+  }
+  const Var<float> A = ad.A, B = ad.B;
+  return Var<T>::record(
+      "lora_linear", y.reshape(s.with(-1, out)), {x.node(), A.node(), B.node()},
+      [x, l, A, B, h, X, dropped, direct, scale, s, N, in, out, r, p, keep, seed](auto& self) {
+        const Tensor<T> G = self.grad.contiguous().reshape({N, out});
+        auto gs = Tensor<float>::empty({N, out});  // s·dy in f32 (PEFT scales the adapter output)
+        parallel_for(N * out, int64_t{1} << 15, [&](int64_t b, int64_t e) {
+          for (int64_t i = b; i < e; ++i) gs.data()[i] = static_cast<float>(to_compute<T>(G.data()[i])) * scale;
+        });
+        if (B.requires_grad()) {
+          auto dB = Tensor<float>::empty({out, r});
+          distill::detail::gemm_block(gs.data(), true, h->data(), false, dB.data(), out, r, N, false);
+          autograd::accumulate(B.grad_buffer(), dB);
+        }
+        auto gB = Tensor<float>::empty({N, r});
+        distill::detail::gemm_block(gs.data(), false, B.value().data(), false, gB.data(), N, r, out, false);
+        Tensor<float> xd;
+        if (A.requires_grad()) {
+          if constexpr (std::is_same_v<T, float>)
+            xd = direct ? X : dropped();
+          else
+            xd = dropped();
+        }
+        if (A.requires_grad()) {
+          auto dA = Tensor<float>::empty({r, in});
+          distill::detail::gemm_block(gB.data(), true, xd.data(), false, dA.data(), r, in, N, false);
+          autograd::accumulate(A.grad_buffer(), dA);
+        }
+        if (x.requires_grad()) {
+          auto dl = Tensor<float>::empty({N, in});  // through the adapter: (gB·A) ⊙ mask
+          distill::detail::gemm_block(gB.data(), false, A.value().data(), false, dl.data(), N, in, r, false);
+          Tensor<T> dx = distill::cpu::matmul(G, l.dense_weight(), false, false);
+          parallel_for(N * in, int64_t{1} << 15, [&](int64_t b, int64_t e) {
+            for (int64_t i = b; i < e; ++i) {
+              float v = dl.data()[i];
+              if (p > 0)  // the same mask as the forward, from its seed
+                v = uniform01(seed, static_cast<uint64_t>(i)) >= static_cast<float>(p) ? v * keep : 0.f;
+              dx.data()[i] =
+                  from_compute<T>(static_cast<compute_t<T>>(static_cast<float>(to_compute<T>(dx.data()[i])) + v));
+            }
+          });
+          autograd::accumulate(x.grad_buffer(), dx.reshape(s));
+        }
+      });
+}
+
+}  // namespace cpu
+
 // x [..., in] -> [..., out].
 template <class T, class D>
 Var<T, D> linear(const Var<T, D>& x, const Linear<T, D>& l, const LinearRun& run = {}) {
   DISTILL_CHECK(l.defined(), "linear: the projection has no weight");
+  if constexpr (std::is_same_v<D, Cpu> && !std::is_same_v<T, double>)
+    if (l.lora && !(l.weight.defined() && l.weight.requires_grad())) return cpu::lora_linear(x, l, run);
   Var<T, D> y;
   if (l.q4) {
     y = nf4_linear(x, l.q4);
