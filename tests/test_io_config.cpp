@@ -12,10 +12,13 @@
 
 #include "distill/io/hf_config.hpp"
 #include "shared_data.hpp"
+#include "temp_dir.hpp"
 
 using namespace distill;
 using namespace distill::io;
 using nlohmann::json;
+
+using test::TempDir;
 
 namespace {
 
@@ -74,20 +77,6 @@ void check_matches(const ModelConfig& c, const json& v) {
   for (int64_t i = 0; i < c.num_hidden_layers; ++i)
     CHECK(&c.rope(i) == (c.is_sliding(i) ? &c.rope_sliding : &c.rope_full));
 }
-
-// A scratch directory removed at the end of the test.
-struct TempDir {
-  std::filesystem::path path;
-  TempDir() {
-    std::random_device rd;
-    path = std::filesystem::temp_directory_path() / ("distill_io_cfg_" + std::to_string(rd()) + std::to_string(rd()));
-    std::filesystem::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-};
 
 // The message of the distill::Error that parse_model_config throws for `j` ("" and a failed check otherwise).
 std::string error_for(const json& j) {

@@ -10,30 +10,20 @@
 #include "distill/models/adapter.hpp"
 #include "distill/models/qwen3.hpp"
 #include "shared_data.hpp"
+#include "temp_dir.hpp"
 
 using namespace distill;
 using namespace distill::models;
 using nlohmann::json;
 namespace fs = std::filesystem;
 
+using test::TempDir;
+
 namespace {
 
 json base_config() {
   return json{{"peft_type", "LORA"}, {"r", 4}, {"lora_alpha", 8}, {"target_modules", {"q_proj", "v_proj"}}};
 }
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("distill_io_peft_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 }  // namespace
 

@@ -15,10 +15,13 @@
 
 #include "distill/io/safetensors.hpp"
 #include "shared_data.hpp"
+#include "temp_dir.hpp"
 
 using namespace distill;
 using namespace distill::io;
 namespace fs = std::filesystem;
+
+using test::TempDir;
 
 namespace {
 
@@ -57,21 +60,6 @@ std::string error_of(F&& f) {
 }
 
 bool contains(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
-
-// A scratch directory removed at the end of the test.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("distill_io_st_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& name) const { return (path / name).string(); }
-};
 
 void write_bytes(const std::string& path, const std::vector<uint8_t>& b) {
   std::ofstream(path, std::ios::binary)

@@ -22,32 +22,18 @@
 #include "distill/models/qwen3.hpp"
 #include "distill/models/transformer.hpp"
 #include "shared_data.hpp"
+#include "temp_dir.hpp"
 
 using namespace distill;
 using namespace distill::models;
 using nlohmann::json;
 namespace fs = std::filesystem;
 
+using test::TempDir;
+
 namespace {
 
 std::string model_dir(const std::string& name) { return test::golden_path("models/" + name); }
-
-// A scratch directory, removed at the end of the test case.
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("distill_models_load_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  std::string str() const { return path.string(); }
-};
 
 json read_json(const fs::path& p) { return json::parse(std::ifstream(p)); }
 void write_json(const fs::path& p, const json& j) { std::ofstream(p) << j.dump(2); }

@@ -17,28 +17,18 @@
 #include "distill/models/export.hpp"
 #include "distill/models/qwen3.hpp"
 #include "shared_data.hpp"
+#include "temp_dir.hpp"
 
 using namespace distill;
 using namespace distill::models;
 namespace fs = std::filesystem;
 
+using test::TempDir;
+
 namespace {
 
 std::string bnb_dir() { return test::golden_path("nf4/qwen3_bnb"); }
 std::string tiny_dir() { return test::golden_path("models/qwen3_tiny"); }
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("distill_models_nf4_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 std::string bytes_of(const fs::path& p) {
   std::ifstream f(p, std::ios::binary);

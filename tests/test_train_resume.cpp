@@ -12,28 +12,17 @@
 #include "distill/models/qwen3.hpp"
 #include "distill/train/trainer.hpp"
 #include "shared_data.hpp"
+#include "temp_dir.hpp"
 
 using namespace distill;
 using namespace distill::models;
 namespace fs = std::filesystem;
 
+using test::TempDir;
+
 namespace {
 
 using Q = Transformer<qwen3::kFamily, float>;
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    std::random_device rd;
-    path = fs::temp_directory_path() / ("distill_resume_" + std::to_string(rd()) + std::to_string(rd()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string str() const { return path.string(); }
-};
 
 struct Killed {};
 

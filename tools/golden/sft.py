@@ -36,21 +36,9 @@ from transformers import AutoTokenizer
 from transformers.utils.chat_template_utils import _normalize_chat_messages, render_jinja_template
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from export_chat_fixtures import gemma_tracked, qwen_tracked_template  # noqa: E402
+from export_chat_fixtures import A, S, U, gemma_tracked, qwen_tracked_template  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def U(c):
-    return {"role": "user", "content": c}
-
-
-def A(c, **kw):
-    return {"role": "assistant", "content": c, **kw}
-
-
-def S(c):
-    return {"role": "system", "content": c}
 
 
 def split_answer(a):
