@@ -62,7 +62,8 @@ TEST_CASE("adapter_config.json: what PEFT writes parses; what changes the math i
       {{"lora_dropout", 1.0}, "[0, 1)"},
       {{"target_modules", 5}, "list of names or a regular expression"},
       {{"target_modules", json::array()}, "is empty"},
-      {{"target_modules", "(unclosed"}, "not a valid regular expression"},
+      {{"target_modules", "(unclosed"}, "list the modules instead"},
+      {{"target_modules", R"(.*\.(q|v)_proj)"}, "list the modules instead"},
       {{"use_rslora", "yes"}, "true or false"},
   };
   for (const auto& [kv, msg] : keys) {
@@ -71,11 +72,11 @@ TEST_CASE("adapter_config.json: what PEFT writes parses; what changes the math i
     CAPTURE(kv.first);
     CHECK_THROWS_WITH_AS(io::parse_peft_config(j, "cfg.json"), doctest::Contains(msg.c_str()), Error);
   }
-  json rx = base_config();
-  rx["target_modules"] = R"(.*layers\.0\..*q_proj)";
-  const nn::LoraConfig c = lora_config_from_peft(io::parse_peft_config(rx, "f"));
+  json all = base_config();
+  all["target_modules"] = "all-linear";
+  const nn::LoraConfig c = lora_config_from_peft(io::parse_peft_config(all, "f"));
   CHECK(c.targets_module("model.layers.0.self_attn.q_proj"));
-  CHECK(!c.targets_module("model.layers.1.self_attn.q_proj"));
+  CHECK(io::peft_config_json(io::parse_peft_config(all, "f")).at("target_modules") == "all-linear");
 }
 
 TEST_CASE("adapter_model.safetensors: missing, extra and mis-shaped tensors are refused by name") {

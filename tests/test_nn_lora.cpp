@@ -3,7 +3,7 @@
 //   dropout     p = 0 is the identity, masks are reproducible per seed, keep rate ~ 1 - p, gradient = mask
 //   nf4_linear  fast path == ref:: (dequantize + ref::matmul); backward to x == dy · W; gradcheck in f64
 //   LoRA        delta == x Aᵀ Bᵀ · scaling; gradients of A, B and x against explicit f64 products;
-//               targets matched as PEFT matches (suffix after a dot, exact, all-linear, regex)
+//               targets matched as PEFT matches (suffix after a dot, exact, all-linear)
 //   Linear      4-bit base + adapter == nf4_linear + delta
 #include <doctest/doctest.h>
 
@@ -167,9 +167,6 @@ TEST_CASE("LoraConfig matches target modules as PEFT does") {
   CHECK(!c.targets_module("model.layers.0.self_attn.k_proj"));
   c.targets = {"all-linear"};
   CHECK(c.targets_module("model.layers.0.mlp.up_proj"));
-  c.target_regex = R"(.*\.layers\.1\..*(q_proj|v_proj))";
-  CHECK(c.targets_module("model.layers.1.self_attn.v_proj"));
-  CHECK(!c.targets_module("model.layers.2.self_attn.v_proj"));
 }
 
 TEST_CASE("Linear: 4-bit base + adapter == nf4_linear + delta; dense base == matmul") {

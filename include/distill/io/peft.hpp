@@ -4,13 +4,13 @@
 // sort_keys=True)), so PeftModel.from_pretrained loads it without warnings.
 // Reading: strict about what changes the math. peft_type must be "LORA"; DoRA, fan_in_fan_out, biases,
 // modules_to_save, per-module rank/alpha patterns, layer selections and trainable tokens are refused with an
-// error naming the key (we would otherwise silently compute something else). Keys that only matter to
-// Python (inference_mode, revision, ...) are read past.
+// error naming the key (we would otherwise silently compute something else); so is a regular-expression
+// target_modules (only lists and "all-linear": a pattern from a file could make matching hang). Keys that only matter
+// to Python (inference_mode, revision, ...) are read past.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <regex>
 #include <string>
 #include <vector>
 
@@ -26,8 +26,7 @@ struct PeftLoraConfig {
   double lora_alpha = 8;
   double lora_dropout = 0;
   bool use_rslora = false;
-  std::vector<std::string> target_modules;  // a list (suffix match)...
-  std::string target_regex;                 // ...or PEFT's string form (re.fullmatch over module names)
+  std::vector<std::string> target_modules;  // names (suffix match), or {"all-linear"}
   std::string init_lora_weights = "true";   // "true" or "gaussian" (informational once weights exist)
   std::string task_type = "CAUSAL_LM";
 };
@@ -72,8 +71,8 @@ inline nlohmann::ordered_json peft_config_json(const PeftLoraConfig& c, const st
   j["r"] = c.r;
   j["rank_pattern"] = J::object();
   j["revision"] = nullptr;
-  if (!c.target_regex.empty()) {
-    j["target_modules"] = c.target_regex;
+  if (c.target_modules.size() == 1 && c.target_modules[0] == "all-linear") {
+    j["target_modules"] = "all-linear";
   } else {
     // PEFT stores a set: the order it prints is not meaningful; sorted here for stable files.
     std::vector<std::string> t = c.target_modules;
@@ -142,17 +141,12 @@ inline PeftLoraConfig parse_peft_config(const nlohmann::json& j, const std::stri
   const auto* t = get("target_modules");
   if (!t) fail("missing \"target_modules\"");
   if (t->is_string()) {
-    c.target_regex = t->get<std::string>();
-    if (c.target_regex == "all-linear") {
-      c.target_modules = {"all-linear"};
-      c.target_regex.clear();
-    } else {
-      try {
-        (void)std::regex(c.target_regex);
-      } catch (const std::regex_error& e) {
-        fail("\"target_modules\" is not a valid regular expression: " + std::string(e.what()));
-      }
-    }
+    const std::string rx = t->get<std::string>();
+    if (rx != "all-linear")
+      fail("\"target_modules\" is the regular expression \"" + rx +
+           "\"; Distill takes a list of module names or \"all-linear\" (a regular expression from a file could make "
+           "matching hang); list the modules instead");
+    c.target_modules = {"all-linear"};
   } else if (t->is_array()) {
     for (const auto& x : *t) {
       if (!x.is_string()) fail("\"target_modules\" must hold strings");

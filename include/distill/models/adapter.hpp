@@ -36,7 +36,6 @@ inline nn::LoraConfig lora_config_from_peft(const io::PeftLoraConfig& p) {
   c.rslora = p.use_rslora;
   c.dropout = p.lora_dropout;
   c.targets = p.target_modules;
-  c.target_regex = p.target_regex;
   c.init = p.init_lora_weights == "gaussian" ? "gaussian" : "default";
   return c;
 }
@@ -49,7 +48,6 @@ inline io::PeftLoraConfig peft_from_lora_config(const nn::LoraConfig& c, std::st
   p.lora_dropout = c.dropout;
   p.use_rslora = c.rslora;
   p.target_modules = c.targets;
-  p.target_regex = c.target_regex;
   p.init_lora_weights = c.init == "gaussian" ? "gaussian" : "true";
   return p;
 }

@@ -12,7 +12,6 @@
 #include <cmath>
 #include <memory>
 #include <random>
-#include <regex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -34,8 +33,7 @@ struct LoraConfig {
   bool rslora = false;
   double dropout = 0;
   std::vector<std::string> targets = default_lora_targets();  // or {"all-linear"}
-  std::string target_regex;      // PEFT's string form of target_modules (std::regex_match); overrides `targets`
-  std::string init = "default";  // "default" (kaiming A, zero B) or "gaussian"
+  std::string init = "default";                               // "default" (kaiming A, zero B) or "gaussian"
   uint64_t seed = 3407;
 
   double scaling() const { return rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r); }
@@ -43,13 +41,12 @@ struct LoraConfig {
     DISTILL_CHECK(r >= 1, "LoRA: rank r must be >= 1, got ", r);
     DISTILL_CHECK(std::isfinite(alpha), "LoRA: lora_alpha must be finite, got ", alpha);
     DISTILL_CHECK(dropout >= 0 && dropout < 1, "LoRA: lora_dropout must be in [0, 1), got ", dropout);
-    DISTILL_CHECK(!targets.empty() || !target_regex.empty(), "LoRA: no target modules");
+    DISTILL_CHECK(!targets.empty(), "LoRA: no target modules");
     DISTILL_CHECK(init == "default" || init == "gaussian", "LoRA: init must be \"default\" or \"gaussian\", got \"",
                   init, "\"");
   }
   // Whether the module called `module` (e.g. "model.layers.3.self_attn.q_proj") is a target.
   bool targets_module(std::string_view module) const {
-    if (!target_regex.empty()) return std::regex_match(module.begin(), module.end(), std::regex(target_regex));
     for (const std::string& t : targets) {
       if (t == "all-linear") return true;
       if (module == t) return true;
