@@ -155,30 +155,60 @@ inline Batch make_batch(std::span<const SftExample* const> ex, int32_t pad_id, i
   return b;
 }
 
-// Greedy packing in order: an example goes into the current row when it still fits in max_len tokens, else it
-// opens a new row. len is the longest row (<= max_len). Every example's first label becomes -100. An example
-// longer than max_len is an error (truncate it with build_sft_example's max_len).
-inline Batch make_packed_batch(std::span<const SftExample* const> ex, int64_t max_len, int32_t pad_id) {
-  detail::check_examples(ex, pad_id, "make_packed_batch");
+// Greedy packing in order of examples of these lengths: an example goes into the current row when it still fits
+// in max_len tokens, else it opens a new row. Returns each row's example indices. A length over max_len is an
+// error naming the example (truncate it with build_sft_example's max_len).
+inline std::vector<std::vector<size_t>> pack_greedy(std::span<const int64_t> lengths, int64_t max_len) {
   DISTILL_CHECK(max_len >= 1, "make_packed_batch: max_len must be >= 1, got ", max_len);
-  std::vector<int64_t> row_of(ex.size()), col_of(ex.size());
-  int64_t rows = 0, used = 0, len = 0;
-  for (size_t i = 0; i < ex.size(); ++i) {
-    const auto n = static_cast<int64_t>(ex[i]->ids.size());
+  std::vector<std::vector<size_t>> rows;
+  int64_t used = 0;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    const int64_t n = lengths[i];
     DISTILL_CHECK(n <= max_len, "make_packed_batch: example ", i, " has ", n, " tokens, more than max_len ", max_len,
                   " (truncate it with build_sft_example's max_len)");
-    if (rows == 0 || used + n > max_len) {
-      ++rows;
+    if (rows.empty() || used + n > max_len) {
+      rows.emplace_back();
       used = 0;
     }
-    row_of[i] = rows - 1;
-    col_of[i] = used;
+    rows.back().push_back(i);
     used += n;
+  }
+  return rows;
+}
+
+// Rows given explicitly: row r holds rows[r]'s examples one after another; len is the longest row. Every
+// example's first label becomes -100 (no token is trained to predict the next example).
+inline Batch make_rows_batch(std::span<const std::vector<const SftExample*>> rows, int32_t pad_id) {
+  DISTILL_CHECK(!rows.empty(), "make_rows_batch: no rows");
+  int64_t len = 0;
+  for (const auto& row : rows) {
+    detail::check_examples(row, pad_id, "make_rows_batch");
+    int64_t used = 0;
+    for (const SftExample* e : row) used += static_cast<int64_t>(e->ids.size());
     len = std::max(len, used);
   }
-  Batch b = detail::padded_batch(rows, len, pad_id);
-  for (size_t i = 0; i < ex.size(); ++i) detail::place(b, row_of[i], col_of[i], *ex[i], true);
+  Batch b = detail::padded_batch(static_cast<int64_t>(rows.size()), len, pad_id);
+  for (size_t r = 0; r < rows.size(); ++r) {
+    int64_t col = 0;
+    for (const SftExample* e : rows[r]) {
+      detail::place(b, static_cast<int64_t>(r), col, *e, true);
+      col += static_cast<int64_t>(e->ids.size());
+    }
+  }
   return b;
+}
+
+// Greedy packing (pack_greedy) of the examples in order, as one batch (make_rows_batch).
+inline Batch make_packed_batch(std::span<const SftExample* const> ex, int64_t max_len, int32_t pad_id) {
+  detail::check_examples(ex, pad_id, "make_packed_batch");
+  std::vector<int64_t> lengths;
+  for (const SftExample* e : ex) lengths.push_back(static_cast<int64_t>(e->ids.size()));
+  std::vector<std::vector<const SftExample*>> rows;
+  for (const auto& idx : pack_greedy(lengths, max_len)) {
+    rows.emplace_back();
+    for (size_t i : idx) rows.back().push_back(ex[i]);
+  }
+  return make_rows_batch(rows, pad_id);
 }
 
 }  // namespace distill::data

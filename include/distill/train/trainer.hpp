@@ -5,8 +5,9 @@
 //     accumulation equals one big batch; a step without any trained token is an error, never a silent zero
 //   - global-norm clipping (torch clip_grad_norm_), then torch's AdamW; the LR multiplier of the schedule at the
 //     step index (HF's LambdaLR: step s uses lr(s), s = 0, 1, ...)
-//   - epochs visit the examples in a seeded order (our own Fisher-Yates over a splitmix stream: the same on
-//     every platform); the last micro-batches of an epoch form a shorter final step, as in HF
+//   - epochs visit the examples (packing: rows packed once in file order) in a seeded order (our own
+//     Fisher-Yates over a splitmix stream: the same on every platform); the last micro-batches of an epoch form a
+//     shorter final step, as in HF
 //   - dropout masks are drawn from (seed, step, micro-batch, layer, projection): recomputation under activation
 //     checkpointing and resumed runs see the same masks
 // Checkpoints (every save_every steps, at each epoch end, and at the end) go to out_dir/checkpoint-<step>/:
@@ -123,10 +124,22 @@ class SftTrainer {
       DISTILL_CHECK(!cfg_.packing || static_cast<int64_t>(ex_[i].ids.size()) <= cfg_.max_len, "SftTrainer: example ", i,
                     " has ", ex_[i].ids.size(), " tokens, more than max_len ", cfg_.max_len, " (truncate first)");
     }
-    items_per_epoch_ = static_cast<int64_t>(plan(0).size());
+    items_ = pack_items();
+    items_per_epoch_ = static_cast<int64_t>(items_.size());
     steps_per_epoch_ = ceil_div(ceil_div(items_per_epoch_, cfg_.micro_batch), cfg_.grad_accum);
     total_steps_ = cfg_.max_steps > 0 ? cfg_.max_steps : steps_per_epoch_ * cfg_.epochs;
     make_optimizer();
+  }
+
+  // The items of an epoch in visiting order: one example each, or (packing) the examples of one row. Rows are
+  // packed once, in file order, and their order is shuffled per epoch (as TRL packs the dataset, then shuffles):
+  // every epoch has the same number of items, hence the same number of steps.
+  std::vector<std::vector<int64_t>> plan(int64_t epoch) const {
+    std::vector<std::vector<int64_t>> items;
+    items.reserve(items_.size());
+    for (int64_t i : epoch_order(items_per_epoch_, cfg_.seed, epoch, cfg_.shuffle))
+      items.push_back(items_[static_cast<size_t>(i)]);
+    return items;
   }
 
   int64_t total_steps() const { return total_steps_; }
@@ -160,18 +173,27 @@ class SftTrainer {
     DISTILL_CHECK(step_ < total_steps_, "SftTrainer: all ", total_steps_, " steps are done");
     const auto t0 = std::chrono::steady_clock::now();
     const int64_t epoch = step_ / steps_per_epoch_, in_epoch = step_ % steps_per_epoch_;
-    const std::vector<std::vector<int64_t>> items = plan(epoch);
+    const std::vector<int64_t> order = epoch_order(items_per_epoch_, cfg_.seed, epoch, cfg_.shuffle);
     const int64_t first = in_epoch * cfg_.grad_accum * cfg_.micro_batch;
     const int64_t last = std::min<int64_t>(first + cfg_.grad_accum * cfg_.micro_batch, items_per_epoch_);
     DISTILL_CHECK(first < last, "SftTrainer: internal error: empty step");
     std::vector<data::Batch> mbs;
     int64_t num_items = 0, seq_tokens = 0;
     for (int64_t b = first; b < last; b += cfg_.micro_batch) {
-      std::vector<const data::SftExample*> ex;
-      for (int64_t i = b; i < std::min(b + cfg_.micro_batch, last); ++i)
-        for (int64_t e : items[static_cast<size_t>(i)]) ex.push_back(&ex_[static_cast<size_t>(e)]);
-      mbs.push_back(cfg_.packing ? data::make_packed_batch(ex, cfg_.max_len, cfg_.pad_id)
-                                 : data::make_batch(ex, cfg_.pad_id));
+      // One row per item: an example, or the examples packed together (rows stay as packed).
+      std::vector<std::vector<const data::SftExample*>> rows;
+      for (int64_t i = b; i < std::min(b + cfg_.micro_batch, last); ++i) {
+        rows.emplace_back();
+        for (int64_t e : items_[static_cast<size_t>(order[static_cast<size_t>(i)])])
+          rows.back().push_back(&ex_[static_cast<size_t>(e)]);
+      }
+      if (cfg_.packing) {
+        mbs.push_back(data::make_rows_batch(rows, cfg_.pad_id));
+      } else {
+        std::vector<const data::SftExample*> ex;
+        for (const auto& r : rows) ex.push_back(r[0]);
+        mbs.push_back(data::make_batch(ex, cfg_.pad_id));
+      }
       num_items += count_targets(mbs.back().labels);
       seq_tokens += mbs.back().ids.numel();
     }
@@ -349,24 +371,16 @@ class SftTrainer {
 
   void make_optimizer() { opt_ = std::make_unique<AdamW<D>>(models::lora_parameters(model_), cfg_.adamw); }
 
-  // The items of an epoch in visiting order: one example each, or (packing) the examples of one row.
-  std::vector<std::vector<int64_t>> plan(int64_t epoch) const {
-    const auto order = epoch_order(static_cast<int64_t>(ex_.size()), cfg_.seed, epoch, cfg_.shuffle);
+  // The examples of each item in file order (see plan()).
+  std::vector<std::vector<int64_t>> pack_items() const {
     std::vector<std::vector<int64_t>> items;
     if (!cfg_.packing) {
-      for (int64_t i : order) items.push_back({i});
+      for (int64_t i = 0; i < static_cast<int64_t>(ex_.size()); ++i) items.push_back({i});
       return items;
     }
-    int64_t used = 0;
-    for (int64_t i : order) {
-      const auto n = static_cast<int64_t>(ex_[static_cast<size_t>(i)].ids.size());
-      if (items.empty() || used + n > cfg_.max_len) {
-        items.push_back({});
-        used = 0;
-      }
-      items.back().push_back(i);
-      used += n;
-    }
+    std::vector<int64_t> lengths;
+    for (const auto& e : ex_) lengths.push_back(static_cast<int64_t>(e.ids.size()));
+    for (const auto& row : data::pack_greedy(lengths, cfg_.max_len)) items.emplace_back(row.begin(), row.end());
     return items;
   }
 
@@ -407,6 +421,7 @@ class SftTrainer {
   std::vector<data::SftExample> ex_;
   TrainerConfig cfg_;
   std::unique_ptr<AdamW<D>> opt_;
+  std::vector<std::vector<int64_t>> items_;  // pack_items()
   int64_t items_per_epoch_ = 0, steps_per_epoch_ = 0, total_steps_ = 0, step_ = 0;
   std::vector<StepLog> history_;
 };
