@@ -27,6 +27,8 @@ inline uint64_t derive_seed(uint64_t seed, uint64_t tag) { return mix64(seed ^ m
 inline float uniform01(uint64_t seed, uint64_t i) {
   return static_cast<float>(mix64(seed + i * 0xD1B54A32D192ED03ull) >> 40) * 0x1.0p-24f;
 }
+// Whether dropout with probability p keeps element i of the mask stream `seed` (every dropout path uses this).
+inline bool dropout_keeps(uint64_t seed, uint64_t i, double p) { return uniform01(seed, i) >= static_cast<float>(p); }
 
 // Cast with gradient: y = U(x); dx = T(dy).
 template <class U, class T, class D>
@@ -47,8 +49,7 @@ Tensor<T> dropout_mask(const Shape& s, double p, uint64_t seed) {
   auto m = Tensor<T>::empty(s);
   const auto keep_scale = static_cast<compute_t<T>>(1.0 / (1.0 - p));
   for (int64_t i = 0; i < m.numel(); ++i)
-    m.data()[i] = uniform01(seed, static_cast<uint64_t>(i)) >= static_cast<float>(p) ? from_compute<T>(keep_scale)
-                                                                                     : from_compute<T>(0);
+    m.data()[i] = dropout_keeps(seed, static_cast<uint64_t>(i), p) ? from_compute<T>(keep_scale) : from_compute<T>(0);
   return m;
 }
 }  // namespace ref

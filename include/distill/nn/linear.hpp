@@ -55,24 +55,21 @@ Var<T> lora_linear(const Var<T>& x, const Linear<T>& l, const LinearRun& run) {
   const uint64_t seed = run.seed;
   const Tensor<T> X = x.value().contiguous().reshape({N, in});
   // f32(drop(x)) [N, in]: the input itself when T = f32 and no dropout.
-  auto dropped = [X, p, keep, seed, N, in]() {
+  auto dropped = [X, p, keep, seed, N, in]() -> Tensor<float> {
+    if constexpr (std::is_same_v<T, float>)
+      if (p == 0) return X;
     auto xf = Tensor<float>::empty({N, in});
     const T* src = X.data();
     float* dst = xf.data();
     parallel_for(N * in, int64_t{1} << 15, [&](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
         const float v = static_cast<float>(to_compute<T>(src[i]));
-        dst[i] = p == 0 ? v : (uniform01(seed, static_cast<uint64_t>(i)) >= static_cast<float>(p) ? v * keep : 0.f);
+        dst[i] = p == 0 ? v : (dropout_keeps(seed, static_cast<uint64_t>(i), p) ? v * keep : 0.f);
       }
     });
     return xf;
   };
-  const bool direct = std::is_same_v<T, float> && p == 0;
-  Tensor<float> xd;
-  if constexpr (std::is_same_v<T, float>)
-    xd = direct ? X : dropped();
-  else
-    xd = dropped();
+  const Tensor<float> xd = dropped();
   auto h = std::make_shared<Tensor<float>>(Tensor<float>::empty({N, r}));
   distill::detail::gemm_block(xd.data(), false, ad.A.value().data(), true, h->data(), N, r, in, false);
   auto t = Tensor<float>::empty({N, out});
@@ -91,7 +88,7 @@ Var<T> lora_linear(const Var<T>& x, const Linear<T>& l, const LinearRun& run) {
   const Var<float> A = ad.A, B = ad.B;
   return Var<T>::record(
       "lora_linear", y.reshape(s.with(-1, out)), {x.node(), A.node(), B.node()},
-      [x, l, A, B, h, X, dropped, direct, scale, s, N, in, out, r, p, keep, seed](auto& self) {
+      [x, l, A, B, h, X, dropped, scale, s, N, in, out, r, p, keep, seed](auto& self) {
         const Tensor<T> G = self.grad.contiguous().reshape({N, out});
         auto gs = Tensor<float>::empty({N, out});  // s·dy in f32 (PEFT scales the adapter output)
         parallel_for(N * out, int64_t{1} << 15, [&](int64_t b, int64_t e) {
@@ -104,14 +101,8 @@ Var<T> lora_linear(const Var<T>& x, const Linear<T>& l, const LinearRun& run) {
         }
         auto gB = Tensor<float>::empty({N, r});
         distill::detail::gemm_block(gs.data(), false, B.value().data(), false, gB.data(), N, r, out, false);
-        Tensor<float> xd;
         if (A.requires_grad()) {
-          if constexpr (std::is_same_v<T, float>)
-            xd = direct ? X : dropped();
-          else
-            xd = dropped();
-        }
-        if (A.requires_grad()) {
+          const Tensor<float> xd = dropped();
           auto dA = Tensor<float>::empty({r, in});
           distill::detail::gemm_block(gB.data(), true, xd.data(), false, dA.data(), r, in, N, false);
           autograd::accumulate(A.grad_buffer(), dA);
@@ -124,7 +115,7 @@ Var<T> lora_linear(const Var<T>& x, const Linear<T>& l, const LinearRun& run) {
             for (int64_t i = b; i < e; ++i) {
               float v = dl.data()[i];
               if (p > 0)  // the same mask as the forward, from its seed
-                v = uniform01(seed, static_cast<uint64_t>(i)) >= static_cast<float>(p) ? v * keep : 0.f;
+                v = dropout_keeps(seed, static_cast<uint64_t>(i), p) ? v * keep : 0.f;
               dx.data()[i] =
                   from_compute<T>(static_cast<compute_t<T>>(static_cast<float>(to_compute<T>(dx.data()[i])) + v));
             }
