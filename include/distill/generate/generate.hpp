@@ -13,7 +13,6 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -22,6 +21,7 @@
 
 #include "distill/core/error.hpp"
 #include "distill/generate/sampling.hpp"
+#include "distill/io/hf_config.hpp"
 #include "distill/tensor/tensor.hpp"
 
 namespace distill::generate {
@@ -189,14 +189,7 @@ inline GenerationConfig parse_generation_config(const nlohmann::json& j, const s
 inline std::optional<GenerationConfig> load_generation_config(const std::string& dir) {
   const auto p = std::filesystem::path(dir) / "generation_config.json";
   if (!std::filesystem::exists(p)) return std::nullopt;
-  std::ifstream in(p);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(p.string() + ": not valid JSON: " + e.what());
-  }
-  return parse_generation_config(j, p.string());
+  return parse_generation_config(io::read_json_file(p.string()), p.string());
 }
 
 }  // namespace distill::generate

@@ -94,6 +94,16 @@ inline std::string read_file(const std::string& path) {
   return std::string(reinterpret_cast<const char*>(f.data()), f.size());
 }
 
+// Makes the entries of directory `dir` durable (after a rename or create in it); best effort, as rename's callers
+// cannot do more than report success of the rename itself.
+inline void fsync_dir(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
 // Writes `bytes` to `path` atomically: a temp file beside it, fsync, rename over the target, fsync of the
 // directory. On any failure the temp file is removed and the target is untouched.
 inline void atomic_write(const std::string& path, std::span<const uint8_t> bytes) {
@@ -131,11 +141,7 @@ inline void atomic_write(const std::string& path, std::span<const uint8_t> bytes
     errno = saved;
     detail::throw_sys("cannot rename temp file onto", path);
   }
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
+  fsync_dir(dir.string());
 }
 
 inline void atomic_write(const std::string& path, std::string_view text) {

@@ -391,20 +391,25 @@ inline ModelConfig parse_model_config(const nlohmann::json& top, std::string_vie
   return c;
 }
 
+// A JSON file (config.json, generation_config.json, adapter_config.json, trainer state), parsed; a missing or
+// malformed file is one distill::Error naming it. J = nlohmann::ordered_json keeps the key order for rewriting.
+template <class J = nlohmann::json>
+J read_json_file(const std::string& path) {
+  const std::string text = read_file(path);
+  try {
+    return J::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(path + ": not valid JSON: " + e.what());
+  }
+}
+
 // Reads `path_or_dir` (a config.json, or a directory holding one).
 inline ModelConfig load_model_config(const std::string& path_or_dir) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const std::string path =
       fs::is_directory(path_or_dir, ec) ? (fs::path(path_or_dir) / "config.json").string() : path_or_dir;
-  const std::string text = read_file(path);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(path + ": not valid JSON: " + e.what());
-  }
-  return parse_model_config(j, path);
+  return parse_model_config(read_json_file(path), path);
 }
 
 }  // namespace distill::io

@@ -10,7 +10,6 @@
 // "lora_A.weight" / "lora_B.weight" (PEFT drops the adapter name ".default" when saving).
 #pragma once
 #include <filesystem>
-#include <fstream>
 #include <set>
 #include <string>
 #include <vector>
@@ -110,22 +109,14 @@ void save_peft_adapter(const Transformer<Spec, T, D>& model, const nn::LoraConfi
   for (auto& [name, v] : named_lora_parameters(model)) wr.add(name, v.value().template to<Cpu>());
   wr.set_metadata("format", "pt");
   wr.save((std::filesystem::path(dir) / "adapter_model.safetensors").string());
-  const std::string js = io::peft_config_json(peft_from_lora_config(cfg, base_model)).dump(2);
   io::atomic_write((std::filesystem::path(dir) / "adapter_config.json").string(),
-                   std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(js.data()), js.size()));
+                   io::peft_config_json(peft_from_lora_config(cfg, base_model)).dump(2));
 }
 
 inline io::PeftLoraConfig read_peft_config(const std::string& dir) {
   const auto path = (std::filesystem::path(dir) / "adapter_config.json").string();
-  std::ifstream f(path);
-  if (!f) throw Error(path + ": cannot open (not a PEFT adapter directory?)");
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(f);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(path + ": invalid JSON: " + e.what());
-  }
-  return io::parse_peft_config(j, path);
+  if (!std::filesystem::exists(path)) throw Error(path + ": cannot open (not a PEFT adapter directory?)");
+  return io::parse_peft_config(io::read_json_file(path), path);
 }
 
 // Attaches the adapters of a PEFT directory; returns their config.

@@ -9,7 +9,6 @@
 // atomically. The output directory must not be the source.
 #pragma once
 #include <filesystem>
-#include <fstream>
 #include <regex>
 #include <string>
 
@@ -18,20 +17,6 @@
 namespace distill::models {
 
 namespace detail {
-
-inline nlohmann::ordered_json read_json_file(const std::filesystem::path& p) {
-  std::ifstream f(p);
-  if (!f) throw Error(p.string() + ": cannot open");
-  try {
-    return nlohmann::ordered_json::parse(f);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(p.string() + ": invalid JSON: " + e.what());
-  }
-}
-
-inline void write_text_file(const std::filesystem::path& p, const std::string& s) {
-  io::atomic_write(p.string(), std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(s.data()), s.size()));
-}
 
 inline void prepare_out_dir(const std::string& src, const std::string& out) {
   namespace fs = std::filesystem;
@@ -117,10 +102,10 @@ inline int64_t quantize_checkpoint(const std::string& src, const std::string& ou
   DISTILL_CHECK(n > 0, src, ": no block projection found to quantize");
   wr.set_metadata("format", "pt");
   wr.save((fs::path(out) / "model.safetensors").string());
-  nlohmann::ordered_json j = detail::read_json_file(fs::path(src) / "config.json");
+  nlohmann::ordered_json j = io::read_json_file<nlohmann::ordered_json>((fs::path(src) / "config.json").string());
   j["quantization_config"] = quant::bnb_quantization_config(o.qtype, o.double_quant, o.compute_dtype);
   detail::copy_side_files(src, out);
-  detail::write_text_file(fs::path(out) / "config.json", j.dump(2) + "\n");
+  io::atomic_write((fs::path(out) / "config.json").string(), j.dump(2) + "\n");
   return n;
 }
 
@@ -160,12 +145,12 @@ void export_merged(const Transformer<Spec, T, D>& model, const std::string& src,
   DISTILL_CHECK(n == model.dims().layers * 7, src, ": found ", n, " projections, expected ", model.dims().layers * 7);
   wr.set_metadata("format", "pt");
   wr.save((fs::path(out) / "model.safetensors").string());
-  nlohmann::ordered_json j = detail::read_json_file(fs::path(src) / "config.json");
+  nlohmann::ordered_json j = io::read_json_file<nlohmann::ordered_json>((fs::path(src) / "config.json").string());
   j.erase("quantization_config");
   if (j.contains("torch_dtype")) j["torch_dtype"] = "bfloat16";
   j["dtype"] = "bfloat16";
   detail::copy_side_files(src, out);
-  detail::write_text_file(fs::path(out) / "config.json", j.dump(2) + "\n");
+  io::atomic_write((fs::path(out) / "config.json").string(), j.dump(2) + "\n");
 }
 
 }  // namespace distill::models

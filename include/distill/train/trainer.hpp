@@ -284,7 +284,7 @@ class SftTrainer {
     io::atomic_write((tmp / "COMPLETE").string(), std::string_view("ok\n"));
     fs::remove_all(final_dir);
     fs::rename(tmp, final_dir);
-    fsync_dir(cfg_.out_dir);
+    io::fsync_dir(cfg_.out_dir);
     return final_dir.string();
   }
 
@@ -302,23 +302,14 @@ class SftTrainer {
   void load_checkpoint_unchecked(const std::string& dir) {
     namespace fs = std::filesystem;
     DISTILL_CHECK(fs::exists(fs::path(dir) / "COMPLETE"), dir, ": incomplete checkpoint (no COMPLETE marker)");
-    nlohmann::json s;
-    {
-      const std::string p = (fs::path(dir) / "trainer_state.json").string();
-      std::ifstream f(p);
-      DISTILL_CHECK(f.good(), p, ": cannot open");
-      try {
-        s = nlohmann::json::parse(f);
-      } catch (const nlohmann::json::exception& e) {
-        throw Error(p + ": invalid JSON: " + e.what());
-      }
-      DISTILL_CHECK(s.value("format", "") == "distill-trainer-state/1", p, ": not a Distill trainer state");
-      const nlohmann::json now = nlohmann::json::parse(settings_json().dump());
-      DISTILL_CHECK(s.at("settings") == now, p,
-                    ": the checkpoint was made with different training settings; resuming would not continue the "
-                    "same run (saved ",
-                    s.at("settings").dump(), ", now ", now.dump(), ")");
-    }
+    const std::string p = (fs::path(dir) / "trainer_state.json").string();
+    const nlohmann::json s = io::read_json_file(p);
+    DISTILL_CHECK(s.value("format", "") == "distill-trainer-state/1", p, ": not a Distill trainer state");
+    const nlohmann::json now = nlohmann::json::parse(settings_json().dump());
+    DISTILL_CHECK(s.at("settings") == now, p,
+                  ": the checkpoint was made with different training settings; resuming would not continue the "
+                  "same run (saved ",
+                  s.at("settings").dump(), ", now ", now.dump(), ")");
     lora_ = models::load_peft_adapter(model_, dir);
     make_optimizer();
     const io::SafetensorsFile f = io::SafetensorsFile::open((fs::path(dir) / "optimizer.safetensors").string());
@@ -360,14 +351,6 @@ class SftTrainer {
   }
 
   static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-  static void fsync_dir(const std::string& d) {
-    const int fd = ::open(d.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-      ::fsync(fd);
-      ::close(fd);
-    }
-  }
 
   void make_optimizer() { opt_ = std::make_unique<AdamW<D>>(models::lora_parameters(model_), cfg_.adamw); }
 
