@@ -413,6 +413,9 @@ TEST_CASE("parse_generation_config: eos ids, sampling fields, HF defaults, malfo
   CHECK(contains(e, "(0, 1]"));
   e = error_of([&] { parse(json{{"top_k", -3}}); });
   CHECK(contains(e, "top_k"));
+  // An integer field given as a huge float is refused, not converted (that conversion is undefined behaviour).
+  e = error_of([&] { parse(json{{"top_k", 4.4e58}}); });
+  CHECK(contains(e, "top_k must be an integer"));
   e = error_of([&] { parse(json{{"temperature", 0.0}}); });
   CHECK(contains(e, "temperature"));
   e = error_of([&] { parse(json::array({1, 2})); });

@@ -58,6 +58,8 @@ TEST_CASE("adapter_config.json: what PEFT writes parses; what changes the math i
       {{"layers_to_transform", {0, 1}}, "layers_to_transform"},
       {{"r", 0}, "positive integer"},
       {{"r", 2.5}, "positive integer"},
+      {{"r", 4.4e58}, "positive integer"},  // the fuzzer's find: beyond int64, once converted before checking
+      {{"r", 2097152}, "positive integer"},
       {{"r", "8"}, "\"r\" must be a number"},
       {{"lora_dropout", 1.0}, "[0, 1)"},
       {{"target_modules", 5}, "list of names or a regular expression"},

@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "distill/core/error.hpp"
@@ -160,6 +161,12 @@ inline GenerationConfig parse_generation_config(const nlohmann::json& j, const s
     using V = decltype(def);
     if (!j.contains(k) || j[k].is_null()) return def;
     DISTILL_CHECK(j[k].is_number(), source, ": ", k, " must be a number, found ", j[k].dump());
+    if constexpr (std::is_integral_v<V>) {
+      // An integer field given as a float (or out of range) is refused, not converted: a double beyond int64
+      // would be undefined behaviour.
+      DISTILL_CHECK(j[k].is_number_integer() && !(j[k].is_number_unsigned() && j[k].get<uint64_t>() > INT64_MAX),
+                    source, ": ", k, " must be an integer, found ", j[k].dump());
+    }
     return j[k].get<V>();
   };
   if (j.contains("eos_token_id") && !j["eos_token_id"].is_null()) {

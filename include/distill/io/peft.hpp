@@ -55,7 +55,7 @@ inline nlohmann::ordered_json peft_config_json(const PeftLoraConfig& c, const st
   j["layers_pattern"] = nullptr;
   j["layers_to_transform"] = nullptr;
   j["loftq_config"] = J::object();
-  if (c.lora_alpha == static_cast<double>(static_cast<int64_t>(c.lora_alpha)))
+  if (std::abs(c.lora_alpha) < 9.0e15 && c.lora_alpha == std::floor(c.lora_alpha))
     j["lora_alpha"] = static_cast<int64_t>(c.lora_alpha);
   else
     j["lora_alpha"] = c.lora_alpha;
@@ -114,8 +114,8 @@ inline PeftLoraConfig parse_peft_config(const nlohmann::json& j, const std::stri
     return v->get<bool>();
   };
   const double r = number("r", 8);
-  if (!(r >= 1) || r != static_cast<double>(static_cast<int64_t>(r)) || r > (1 << 20))
-    fail("\"r\" must be a positive integer");
+  // Range first: converting a double outside int64's range is undefined behaviour (the fuzzer found r = 4.4e58).
+  if (!(r >= 1 && r <= (1 << 20)) || r != std::floor(r)) fail("\"r\" must be a positive integer up to 2^20");
   c.r = static_cast<int64_t>(r);
   c.lora_alpha = number("lora_alpha", 8);
   if (!std::isfinite(c.lora_alpha)) fail("\"lora_alpha\" must be finite");
