@@ -1,8 +1,9 @@
 // Transformer<Spec, T, Cuda> against the CPU model and Hugging Face on the tiny checkpoints of
 // tests/golden/models/: full-forward logits (f32 within 1e-4 of the CPU's relative to the largest logit; bf16
 // within the bf16 tolerance of HF's bf16 logits), KV-cache decoding through the ring of Gemma3's sliding layers,
-// and greedy generations equal to transformers' (f32). Compiled by nvcc (the element-wise expressions become
-// kernels here); skipped without a GPU.
+// and greedy generations equal to transformers' (f32); the same models quantized to NF4 on load (QLoRA's base)
+// against the CPU's NF4 model, prefill and one-token decode (kernels/nf4.cu). Compiled by nvcc (the element-wise
+// expressions become kernels here); skipped without a GPU.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -14,9 +15,11 @@
 
 #include "distill/generate/generate.hpp"
 #include "distill/io/safetensors.hpp"
+#include "distill/models/adapter.hpp"
 #include "distill/models/gemma3.hpp"
 #include "distill/models/qwen3.hpp"
 #include "distill/models/transformer.hpp"
+#include "distill/train/loss.hpp"
 
 using namespace distill;
 using namespace distill::models;
@@ -76,6 +79,32 @@ void check(const std::string& name) {
     }
     CHECK(worst <= 1e-3);
   }
+  // NF4 on load: the same 4-bit weights on both devices (bit-identical dequantization), so the GPU's f32 logits
+  // match the CPU's NF4 model like the dense ones do; decoding runs the GEMV, prefill of more than 16 tokens the
+  // dequantize + cuBLASLt path.
+  {
+    const LoadOptions q4{.quantize = true};
+    const auto cpu4 = Transformer<Spec, float>::load(model_dir(name), "model", q4);
+    const auto gpu4 = Transformer<Spec, float, Cuda>::load(model_dir(name), "model", q4);
+    for (size_t i = 0; i < js["prompts"].size(); ++i) {
+      const auto p = js["prompts"][i].get<std::vector<int32_t>>();
+      const auto ids = Tensor<int32_t>::from_vector({1, static_cast<int64_t>(p.size())}, p);
+      const auto want = cpu4.forward(ids).value();
+      const double d = rel_diff(host_f32(gpu4.forward(ids).value()), want);
+      MESSAGE(name << " NF4 prompt " << i << " (" << p.size() << " tokens): Cuda f32 vs CPU " << d);
+      CHECK(d <= 1e-4);
+      auto cache = gpu4.make_cache(1, static_cast<int64_t>(p.size()));
+      const int64_t row = 0;
+      double worst = 0;
+      for (size_t t = 0; t < p.size(); ++t) {
+        const auto one = Tensor<int32_t>::from_vector({1, 1}, {p[t]});
+        const auto l = host_f32(gpu4.step(cache, one, std::span<const int64_t>(&row, 1)));
+        for (int64_t v = 0; v < l.dim(1); ++v)
+          worst = std::max(worst, static_cast<double>(std::abs(l(0, v) - want(0, static_cast<int64_t>(t), v))));
+      }
+      CHECK(worst <= 1e-3);
+    }
+  }
   for (const auto& g : js["generate"]) {
     if (g["dtype"] != "f32") continue;
     generate::GenerateOptions o;
@@ -87,7 +116,61 @@ void check(const std::string& name) {
   }
 }
 
+// QLoRA on the GPU: the model quantized to NF4 on load with LoRA adapters on every projection (same init, same
+// non-zero B on both devices); the causal-LM loss of a two-row batch and every adapter gradient against the CPU.
+template <TransformerSpec Spec>
+void check_qlora(const std::string& name) {
+  const LoadOptions q4{.quantize = true};
+  auto cpu = Transformer<Spec, float>::load(model_dir(name), "model", q4);
+  auto gpu = Transformer<Spec, float, Cuda>::load(model_dir(name), "model", q4);
+  nn::LoraConfig lc;
+  lc.r = 4;
+  lc.alpha = 8;
+  REQUIRE(attach_lora(cpu, lc) == attach_lora(gpu, lc));
+  auto& cb = cpu.mutable_weights().blocks;
+  auto& gb = gpu.mutable_weights().blocks;
+  for (size_t l = 0; l < cb.size(); ++l)
+    for (Role r : kProjectionRoles) {
+      auto& a = *cb[l].proj(r).lora;
+      auto& g = *gb[l].proj(r).lora;
+      a.B = Var<float>::param(Tensor<float>::uniform(a.B.shape(), 99 + 8 * l + static_cast<int>(r), -0.05, 0.05));
+      g.B = Var<float, Cuda>::param(a.B.value().template to<Cuda>());
+      REQUIRE(rel_diff(host_f32(g.A.value()), a.A.value()) == 0);
+    }
+  const auto js = nlohmann::json::parse(std::ifstream(model_dir(name) + "/reference.json"));
+  auto p = js["prompts"][0].get<std::vector<int32_t>>();
+  const int64_t T = static_cast<int64_t>(p.size());
+  std::vector<int32_t> rows(p);
+  rows.insert(rows.end(), p.rbegin(), p.rend());
+  const auto ids = Tensor<int32_t>::from_vector({2, T}, rows);
+  auto labels = ids.clone();
+  labels(0, 0) = -100;
+  labels(1, 1) = -100;
+  const auto mask = Tensor<int32_t>::full({2, T}, 1);
+  const int64_t n = train::count_targets(labels);
+  auto lcpu = train::causal_lm_loss(cpu, ids, labels, mask, n);
+  auto lgpu = train::causal_lm_loss(gpu, ids, labels, mask, n);
+  const double a = lcpu.value().data()[0], b = host_f32(lgpu.value()).data()[0];
+  MESSAGE(name << " QLoRA loss: CPU " << a << ", Cuda " << b);
+  CHECK(std::abs(a - b) <= 1e-5 * std::abs(a));
+  lcpu.backward();
+  lgpu.backward();
+  const auto pc = named_lora_parameters(cpu);
+  const auto pg = named_lora_parameters(gpu);
+  REQUIRE(pc.size() == pg.size());
+  double worst = 0;
+  for (size_t i = 0; i < pc.size(); ++i)
+    worst = std::max(worst, rel_diff(host_f32(pg[i].second.grad()), pc[i].second.grad()));
+  MESSAGE(name << " QLoRA adapter gradients: worst relative difference " << worst);
+  CHECK(worst <= 1e-4);
+}
+
 }  // namespace
+
+TEST_CASE("cuda: QLoRA (NF4 on load + LoRA) loss and adapter gradients match the CPU") {
+  check_qlora<qwen3::kFamily>("qwen3_tiny");
+  check_qlora<gemma3::kFamily>("gemma3_tiny");
+}
 
 TEST_CASE("cuda: qwen3 tiny matches the CPU and transformers") { check<qwen3::kFamily>("qwen3_tiny"); }
 TEST_CASE("cuda: gemma3 tiny (sliding window ring) matches the CPU and transformers") {

@@ -14,13 +14,17 @@ namespace distill::nn {
 
 template <class T, class D = Cpu>
 struct Linear {
-  Var<T, D> weight;                         // dense base [out, in]; undefined when quantized
-  std::shared_ptr<const quant::Quant4> q4;  // 4-bit base; null when dense
-  std::shared_ptr<LoraAdapter<D>> lora;     // null: no adapter
+  Var<T, D> weight;                               // dense base [out, in]; undefined when quantized
+  std::shared_ptr<const quant::Quant4> q4;        // 4-bit base; null when dense (the host copy: saved, exported)
+  std::shared_ptr<const cuda::Nf4Device> q4_dev;  // on Cuda: q4 uploaded once (kernels/nf4.cu reads it)
+  std::shared_ptr<LoraAdapter<D>> lora;           // null: no adapter
 
   Linear() = default;
   explicit Linear(Var<T, D> w) : weight(std::move(w)) {}
-  explicit Linear(std::shared_ptr<const quant::Quant4> q) : q4(std::move(q)) {}
+  explicit Linear(std::shared_ptr<const quant::Quant4> q) : q4(std::move(q)) {
+    if constexpr (std::is_same_v<D, Cuda> && !std::is_same_v<T, double>)
+      if (q4) q4_dev = cuda::upload_nf4(*q4);
+  }
 
   bool defined() const { return weight.defined() || q4 != nullptr; }
   bool quantized() const { return q4 != nullptr; }
@@ -28,7 +32,7 @@ struct Linear {
   int64_t in_features() const { return q4 ? q4->shape[1] : weight.dim(1); }
   Shape shape() const { return {out_features(), in_features()}; }
   // The base weight as a dense tensor in T (dequantized when 4-bit).
-  Tensor<T, D> dense_weight() const { return q4 ? nf4_weight<T, D>(*q4) : weight.value(); }
+  Tensor<T, D> dense_weight() const { return q4 ? nf4_weight<T, D>(*q4, q4_dev) : weight.value(); }
 };
 
 // Options of one forward pass through the projections.
@@ -135,7 +139,7 @@ Var<T, D> linear(const Var<T, D>& x, const Linear<T, D>& l, const LinearRun& run
     if (l.lora && !(l.weight.defined() && l.weight.requires_grad())) return cpu::lora_linear(x, l, run);
   Var<T, D> y;
   if (l.q4) {
-    y = nf4_linear(x, l.q4);
+    y = nf4_linear(x, l.q4, l.q4_dev);
   } else {
     const Shape s = x.shape();
     y = reshape(matmul(reshape(x, {s.rows(), s.back()}), l.weight, false, true), s.with(-1, l.weight.dim(0)));

@@ -8,11 +8,14 @@
 //
 //   ref::nf4_linear   ref:: dequantization and ref::matmul (double accumulation), the truth
 //   cpu               the parallel dequantizer and the Eigen GEMM of ops/matmul.hpp
-//   Cuda              dequantized on the host and uploaded per call (correct, slow): the fused
-//                     dequant-matmul kernels are issue 7's
+//   Cuda              kernels/nf4.cu (cuda/nf4.hpp): the packed weight lives on the device (an Nf4Device,
+//                     uploaded once by Linear<T, Cuda>, or per call when none is given); M <= 16 rows take
+//                     the decode GEMV, more rows dequantize into scratch memory + cuBLASLt; backward dy·W
+//                     the same way. Bit-identical weights, f32 accumulation.
 #pragma once
 #include <memory>
 
+#include "distill/cuda/nf4.hpp"
 #include "distill/nn/functional.hpp"
 #include "distill/ops/matmul.hpp"
 #include "distill/quant/nf4.hpp"
@@ -73,35 +76,53 @@ Tensor<T> nf4_linear(const Tensor<T>& x, const quant::Quant4& q) {
 }
 }  // namespace ref
 
-// The dequantized weight on device D.
+// The dequantized weight on device D (on Cuda from the device copy `dev` when given).
 template <class T, class D>
-Tensor<T, D> nf4_weight(const quant::Quant4& q) {
-  Tensor<T> w = detail::dequantize_as<T>(q, false);
-  if constexpr (std::is_same_v<D, Cpu>)
-    return w;
-  else
-    return w.template to<D>();
+Tensor<T, D> nf4_weight(const quant::Quant4& q, const std::shared_ptr<const cuda::Nf4Device>& dev = nullptr) {
+  if constexpr (std::is_same_v<D, Cpu>) {
+    return detail::dequantize_as<T>(q, false);
+  } else {
+    if constexpr (!std::is_same_v<T, double>)
+      if (dev) return cuda::nf4_dequantize<T>(*dev);
+    return detail::dequantize_as<T>(q, false).template to<D>();
+  }
 }
 
-// x [..., in] -> [..., out]; `q` is shared so the tape keeps the packed weight, not a dequantized copy.
+namespace detail {
+// y = x2 · Wᵀ (x2 [M, in] contiguous) and dx = g · W on device D.
+template <class T, class D>
+Tensor<T, D> nf4_forward(const Tensor<T, D>& x2, const quant::Quant4& q, const cuda::Nf4Device* dev) {
+  if constexpr (std::is_same_v<D, Cuda> && !std::is_same_v<T, double>)
+    return cuda::nf4_matmul(x2, *dev);
+  else
+    return mm(x2, nf4_weight<T, D>(q), true);
+}
+template <class T, class D>
+Tensor<T, D> nf4_backward(const Tensor<T, D>& g, const quant::Quant4& q, const cuda::Nf4Device* dev) {
+  if constexpr (std::is_same_v<D, Cuda> && !std::is_same_v<T, double>)
+    return cuda::nf4_matmul_dx(g, *dev);
+  else
+    return mm(g, nf4_weight<T, D>(q), false);
+}
+}  // namespace detail
+
+// x [..., in] -> [..., out]; `q` is shared so the tape keeps the packed weight, not a dequantized copy. On Cuda
+// `dev` is the weight's device copy (Linear<T, Cuda> holds one); without it the weight is uploaded for this
+// call (and its backward).
 template <FloatingDtype T, class D>
-Var<T, D> nf4_linear(const Var<T, D>& x, std::shared_ptr<const quant::Quant4> q) {
+Var<T, D> nf4_linear(const Var<T, D>& x, std::shared_ptr<const quant::Quant4> q,
+                     std::shared_ptr<const cuda::Nf4Device> dev = nullptr) {
   DISTILL_CHECK(q != nullptr, "nf4_linear: no weight");
   detail::check_nf4_operand(x.shape(), *q, "nf4_linear");
+  if constexpr (std::is_same_v<D, Cuda> && !std::is_same_v<T, double>)
+    if (!dev) dev = cuda::upload_nf4(*q);
   const Shape s = x.shape();
   const int64_t out = q->shape[0];
-  Tensor<T, D> y;
-  {
-    const Tensor<T, D> w = nf4_weight<T, D>(*q);
-    const Tensor<T, D> x2 = x.value().contiguous().reshape({s.rows(), s.back()});
-    y = detail::mm(x2, w, true);
-  }
-  return Var<T, D>::record("nf4_linear", y.reshape(s.with(-1, out)), {x.node()}, [x, q, s](auto& self) {
+  const Tensor<T, D> y = detail::nf4_forward(x.value().contiguous().reshape({s.rows(), s.back()}), *q, dev.get());
+  return Var<T, D>::record("nf4_linear", y.reshape(s.with(-1, out)), {x.node()}, [x, q, dev, s](auto& self) {
     if (!x.requires_grad()) return;
-    const Tensor<T, D> w = nf4_weight<T, D>(*q);
     const Tensor<T, D> g = self.grad.contiguous().reshape({s.rows(), q->shape[0]});
-    const Tensor<T, D> dx = detail::mm(g, w, false);
-    autograd::accumulate(x.grad_buffer(), dx.reshape(s));
+    autograd::accumulate(x.grad_buffer(), detail::nf4_backward(g, *q, dev.get()).reshape(s));
   });
 }
 
