@@ -34,12 +34,12 @@ say "GPU: ${GPU:-none found} (compute capability ${CC:-?}); building for CMAKE_C
 
 # --- 2. configure and build ---------------------------------------------------------------------------
 EXTRA=()
-if [ ! -d /usr/include/eigen3 ] || [ ! -d /usr/include/doctest ]; then
+if [ ! -d /usr/include/eigen3 ] || [ ! -d /usr/include/doctest ] || [ ! -f /usr/include/benchmark/benchmark.h ]; then
   if [ -d .deps/prefix ]; then
     EXTRA+=("-DCMAKE_PREFIX_PATH=$PWD/.deps/prefix")
     say "using staged dependencies in .deps/prefix"
   else
-    say "Eigen/doctest missing and no .deps/prefix: run scripts/stage_device_deps.sh where they exist"
+    say "Eigen/doctest/Google Benchmark missing and no .deps/prefix: run scripts/stage_device_deps.sh where they exist"
   fi
 fi
 command -v ninja >/dev/null && GEN=(-G Ninja) || GEN=()
@@ -91,6 +91,8 @@ fi
   echo
   echo "CUDA test executables:"
   grep -E "Test +#[0-9]+: (cuda_|emulator)" "$LOG/ctest.log" | sed -E 's/^ *[0-9]+\/[0-9]+ Test +#[0-9]+: /  /; s/ \.+/ /'
+  echo
+  grep -E '^CEILING\|' "$LOG/results.txt" | sed 's/^/  /'
   echo
   # Ours vs PyTorch SDPA on the same shapes (issue 3's target: fwd+bwd >= 0.7x).
   awk -F'|' '$1 == "RESULT" { v[$2 "|" $3] = $4 }

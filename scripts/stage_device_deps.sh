@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Copies the header-only build dependencies (Eigen 3.4, doctest) from this machine into .deps/prefix, a
+# Copies the build dependencies (Eigen 3.4, doctest, and Google Benchmark for bench/gpu_nf4) from this machine
+# into .deps/prefix, a
 # git-ignored CMake prefix that travels to a GPU machine with no package access (device tool: carry
 # [".deps"]). scripts/device_check.sh uses it when the machine lacks them. About 10 MB.
 set -euo pipefail
@@ -30,5 +31,24 @@ if(NOT TARGET doctest::doctest)
 endif()
 set(doctest_FOUND TRUE)
 CFG
+# Google Benchmark (Debian's shared library; the GPU machine's glibc/libstdc++ suffice) for bench/gpu_nf4.
+if [ -f /usr/include/benchmark/benchmark.h ]; then
+  mkdir -p $P/lib/cmake/benchmark
+  cp -r /usr/include/benchmark $P/include/
+  so=$(readlink -f /usr/lib/x86_64-linux-gnu/libbenchmark.so)
+  cp "$so" $P/lib/libbenchmark.so.1debian
+  cat > $P/lib/cmake/benchmark/benchmarkConfig.cmake <<'CFG'
+# Relocatable stand-in for Google Benchmark's package config (staged by scripts/stage_device_deps.sh).
+get_filename_component(_benchmark_prefix "${CMAKE_CURRENT_LIST_DIR}/../../.." ABSOLUTE)
+if(NOT TARGET benchmark::benchmark)
+  add_library(benchmark::benchmark SHARED IMPORTED)
+  set_target_properties(benchmark::benchmark PROPERTIES
+    IMPORTED_LOCATION "${_benchmark_prefix}/lib/libbenchmark.so.1debian"
+    IMPORTED_SONAME "libbenchmark.so.1debian"
+    INTERFACE_INCLUDE_DIRECTORIES "${_benchmark_prefix}/include")
+endif()
+set(benchmark_FOUND TRUE)
+CFG
+fi
 grep -qx '/.deps/' .git/info/exclude 2>/dev/null || echo '/.deps/' >> .git/info/exclude
 du -sh .deps
