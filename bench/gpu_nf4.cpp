@@ -28,7 +28,8 @@ struct Shape2 {
 };
 const std::vector<Shape2> kDecodeShapes{{4096, 4096}, {1152, 6912}, {6912, 1152}, {1152, 1024},
                                         {256, 1152},  {2560, 9728}, {9728, 2560}, {2560, 4096}};
-const std::vector<Shape2> kTrainShapes{{1152, 6912}, {6912, 1152}, {1152, 1024}, {2560, 9728}, {9728, 2560}, {2560, 4096}};
+const std::vector<Shape2> kTrainShapes{{1152, 6912}, {6912, 1152}, {1152, 1024},
+                                       {2560, 9728}, {9728, 2560}, {2560, 4096}};
 constexpr int64_t kTrainM = 4096;
 
 // One weight per shape, quantized once (NF4, blocksize 64, double quant, bf16: the student's format).
@@ -93,8 +94,8 @@ void bm_gemv(benchmark::State& st, Shape2 s, int64_t M, bool nf4) {
               [&] { cuda::nf4_gemv<bf16>(x.data(), s.cols, M, w.q->view(), y.data(), s.rows); });
   else
     run_timed(st, key, bytes, 2.0 * M * s.rows * s.cols, [&] {
-      cuda::gemm<bf16>(x.data(), s.cols, false, w.dense.data(), s.cols, true, y.data(), s.rows, M, s.rows, s.cols, 1,
-                       0, 0, 0);
+      cuda::gemm<bf16>(x.data(), s.cols, false, w.dense.data(), s.cols, true, y.data(), s.rows, M, s.rows, s.cols, 1, 0,
+                       0, 0);
     });
 }
 
@@ -110,8 +111,8 @@ void bm_train(benchmark::State& st, Shape2 s, bool backward, bool nf4) {
     if (nf4) {
       out = backward ? cuda::nf4_matmul_dx(in, *w.q) : cuda::nf4_matmul(in, *w.q);
     } else if (backward) {
-      cuda::gemm<bf16>(in.data(), s.rows, false, w.dense.data(), s.cols, false, out.data(), s.cols, M, s.cols, s.rows, 1,
-                       0, 0, 0);
+      cuda::gemm<bf16>(in.data(), s.rows, false, w.dense.data(), s.cols, false, out.data(), s.cols, M, s.cols, s.rows,
+                       1, 0, 0, 0);
     } else {
       cuda::gemm<bf16>(in.data(), s.cols, false, w.dense.data(), s.cols, true, out.data(), s.rows, M, s.rows, s.cols, 1,
                        0, 0, 0);
@@ -132,8 +133,9 @@ int main(int argc, char** argv) {
   for (const Shape2& s : kDecodeShapes)
     for (int64_t M : {int64_t{1}, int64_t{16}})
       for (bool nf4 : {true, false})
-        benchmark::RegisterBenchmark(((nf4 ? "nf4_gemv/M" : "cublaslt_bf16/M") + std::to_string(M) + "/" + s.str()).c_str(),
-                                     [=](benchmark::State& st) { bm_gemv(st, s, M, nf4); })
+        benchmark::RegisterBenchmark(
+            ((nf4 ? "nf4_gemv/M" : "cublaslt_bf16/M") + std::to_string(M) + "/" + s.str()).c_str(),
+            [=](benchmark::State& st) { bm_gemv(st, s, M, nf4); })
             ->UseManualTime()
             ->MinTime(0.05);
   for (const Shape2& s : kTrainShapes)
@@ -164,7 +166,8 @@ int main(int argc, char** argv) {
   }
   for (const Shape2& s : kTrainShapes) {
     for (const char* d : {"fwd", "bwd"}) {
-      const double a = get(std::string("nf4_") + d + "_" + s.str()), b = get(std::string("cublaslt_") + d + "_" + s.str());
+      const double a = get(std::string("nf4_") + d + "_" + s.str()),
+                   b = get(std::string("cublaslt_") + d + "_" + s.str());
       if (a > 0 && b > 0)
         bench::report(std::string("nf4_train_") + d + "_over_cublaslt", "M4096 " + s.str(), a / b, "x", 1.15,
                       "target <= 1.15x");

@@ -92,17 +92,22 @@ __device__ __forceinline__ float block_scale(const Nf4View& w, const float* s_dy
                    w.nested_offset);
 }
 
+// The 16 codes and the 256-entry dynamic map into shared memory (every thread of the block calls it).
+__device__ __forceinline__ void load_tables(const Nf4View& w, float* s_code, float* s_dyn) {
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) {
+    if (i < 16) s_code[i] = w.code[i];
+    s_dyn[i] = w.nested_code[i];
+  }
+  __syncthreads();
+}
+
 // --- dequantize ----------------------------------------------------------------------------------------------
 // Vector path: one thread per 16 packed bytes (32 outputs, within one block), 16-byte stores when T allows.
 template <int R, class S>
 __global__ void __launch_bounds__(kThreads) nf4_dequant_vec(Nf4View w, S* __restrict__ out, int64_t chunks) {
   __shared__ float s_code[16];
   __shared__ float s_dyn[256];
-  for (int i = threadIdx.x; i < 256; i += blockDim.x) {
-    if (i < 16) s_code[i] = w.code[i];
-    s_dyn[i] = w.nested_code[i];
-  }
-  __syncthreads();
+  load_tables(w, s_code, s_dyn);
   for (int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; c < chunks; c += int64_t{gridDim.x} * blockDim.x) {
     const uint4 raw = __ldg(reinterpret_cast<const uint4*>(w.packed) + c);
     const float scale = block_scale(w, s_dyn, c * 32 / w.blocksize);
@@ -133,11 +138,7 @@ template <int R, class S>
 __global__ void __launch_bounds__(kThreads) nf4_dequant_scalar(Nf4View w, S* __restrict__ out, int64_t n) {
   __shared__ float s_code[16];
   __shared__ float s_dyn[256];
-  for (int i = threadIdx.x; i < 256; i += blockDim.x) {
-    if (i < 16) s_code[i] = w.code[i];
-    s_dyn[i] = w.nested_code[i];
-  }
-  __syncthreads();
+  load_tables(w, s_code, s_dyn);
   const int64_t nbytes = (n + 1) / 2;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < nbytes; i += int64_t{gridDim.x} * blockDim.x) {
     const uint8_t b = w.packed[i];
@@ -199,11 +200,7 @@ __global__ void __launch_bounds__(kW * 32)
                 float* __restrict__ partial, int64_t per) {
   __shared__ float s_code[16];
   __shared__ float s_dyn[256];
-  for (int i = threadIdx.x; i < 256; i += blockDim.x) {
-    if (i < 16) s_code[i] = w.code[i];
-    s_dyn[i] = w.nested_code[i];
-  }
-  __syncthreads();
+  load_tables(w, s_code, s_dyn);
   const int lane = threadIdx.x & 31;
   const int64_t n = blockIdx.x * int64_t{kW} + (threadIdx.x >> 5);
   if (n >= w.rows) return;  // whole warps leave together: no shuffle below is split
@@ -245,8 +242,8 @@ __global__ void __launch_bounds__(kW * 32)
 
 // y[m, n] = Σ_s partial[s, m, n] in partition order.
 template <class S>
-__global__ void __launch_bounds__(kThreads)
-    nf4_gemv_reduce(const float* __restrict__ partial, int splits, int M, int64_t rows, S* __restrict__ y, int64_t ldy) {
+__global__ void __launch_bounds__(kThreads) nf4_gemv_reduce(const float* __restrict__ partial, int splits, int M,
+                                                            int64_t rows, S* __restrict__ y, int64_t ldy) {
   const int64_t total = int64_t{M} * rows;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
     float s = 0.f;
@@ -314,7 +311,8 @@ void nf4_gemv(const T* x, int64_t ldx, int64_t M, const Nf4View& w, T* y, int64_
   DeviceBuffer<float> partial(splits > 1 ? static_cast<size_t>(splits * M * w.rows) : 0);
   auto go = [&](auto r) {
     constexpr int R = decltype(r)::value;
-    launch_gemv<R, kWarps, S>(xs, ldx, static_cast<int>(M), w, ys, ldy, splits > 1 ? partial.data() : nullptr, per, splits);
+    launch_gemv<R, kWarps, S>(xs, ldx, static_cast<int>(M), w, ys, ldy, splits > 1 ? partial.data() : nullptr, per,
+                              splits);
   };
   if (w.through == 1)
     go(std::integral_constant<int, 1>{});
@@ -363,10 +361,10 @@ Tensor<T, Cuda> nf4_matmul_dx(const Tensor<T, Cuda>& dy, const Nf4Device& w) {
 
 Nf4Counters nf4_counters() { return {g_gemv.load(), g_dequant_gemm.load()}; }
 
-#define DISTILL_INST_NF4(T)                                                                     \
-  template void nf4_dequantize<T>(const Nf4View&, T*);                                          \
-  template void nf4_gemv<T>(const T*, int64_t, int64_t, const Nf4View&, T*, int64_t, int);      \
-  template Tensor<T, Cuda> nf4_matmul<T>(const Tensor<T, Cuda>&, const Nf4Device&);             \
+#define DISTILL_INST_NF4(T)                                                                \
+  template void nf4_dequantize<T>(const Nf4View&, T*);                                     \
+  template void nf4_gemv<T>(const T*, int64_t, int64_t, const Nf4View&, T*, int64_t, int); \
+  template Tensor<T, Cuda> nf4_matmul<T>(const Tensor<T, Cuda>&, const Nf4Device&);        \
   template Tensor<T, Cuda> nf4_matmul_dx<T>(const Tensor<T, Cuda>&, const Nf4Device&);
 DISTILL_INST_NF4(float)
 DISTILL_INST_NF4(bf16)

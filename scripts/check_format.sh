@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Fails when any tracked C++/CUDA file differs from .clang-format's output. Fix with: scripts/check_format.sh --fix
+# Fails when any C++/CUDA file of the tree (tracked, or new and not ignored: what the next commit may add) differs
+# from .clang-format's output. Fix with: scripts/check_format.sh --fix
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mapfile -t files < <(git ls-files '*.hpp' '*.cpp' '*.cu' '*.cuh' 2>/dev/null || find include tests bench apps kernels -name '*.[hc]pp' -o -name '*.cu')
+mapfile -t files < <(git ls-files --cached --others --exclude-standard '*.hpp' '*.cpp' '*.cu' '*.cuh' 2>/dev/null || find include tests bench apps kernels -name '*.[hc]pp' -o -name '*.cu')
 [ ${#files[@]} -gt 0 ] || exit 0
 if [ "${1:-}" = "--fix" ]; then clang-format -i "${files[@]}"; exit 0; fi
 bad=()

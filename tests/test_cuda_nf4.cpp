@@ -129,7 +129,8 @@ const std::vector<std::pair<int64_t, int64_t>> kModelShapes{{1152, 6912}, {6912,
                                                             {2560, 9728}, {9728, 2560}, {2560, 4096}};
 #endif
 // Columns that are a multiple of 8 but not of 32 or 256 (partial steps), a single row, more rows than a block.
-const std::vector<std::pair<int64_t, int64_t>> kOddShapes{{1, 32}, {7, 40}, {37, 64}, {3, 1056}, {129, 2048}, {2, 2200}};
+const std::vector<std::pair<int64_t, int64_t>> kOddShapes{{1, 32},   {7, 40},     {37, 64},
+                                                          {3, 1056}, {129, 2048}, {2, 2200}};
 
 template <class T>
 void dequant_case(const quant::Quant4& q, const std::string& tag) {
@@ -140,8 +141,8 @@ void dequant_case(const quant::Quant4& q, const std::string& tag) {
   auto out = poisoned<T>({n + 1});
   cuda::nf4_dequantize<T>(dev->view(), out.data());
   Tensor<T> got = to_host(out).reshape({n + 1});
-  CHECK_MESSAGE(std::memcmp(got.data(), want.data(), sizeof(T) * static_cast<size_t>(n)) == 0,
-                "dequantize (aligned) ", tname<T>(), " ", tag, " is not bit-identical to the CPU");
+  CHECK_MESSAGE(std::memcmp(got.data(), want.data(), sizeof(T) * static_cast<size_t>(n)) == 0, "dequantize (aligned) ",
+                tname<T>(), " ", tag, " is not bit-identical to the CPU");
   cuda::fill<T>(out.data(), nan_value<T>(), n + 1);
   cuda::nf4_dequantize<T>(dev->view(), out.data() + 1);
   got = to_host(out);
@@ -172,9 +173,9 @@ void gemv_case(const quant::Quant4& q, int64_t M, int splits, const std::string&
         ++pad_written;
     }
   CHECK_MESSAGE(pad_written == 0, "gemv wrote ", pad_written, " elements outside y [", tag, "]");
-  check_product(packed, x, w, true,
-                std::string("gemv ") + tname<T>() + " M=" + std::to_string(M) + " splits=" + std::to_string(splits) +
-                    " " + tag);
+  check_product(
+      packed, x, w, true,
+      std::string("gemv ") + tname<T>() + " M=" + std::to_string(M) + " splits=" + std::to_string(splits) + " " + tag);
 }
 
 }  // namespace
@@ -189,8 +190,8 @@ TEST_CASE("cuda:nf4_dequantize is bit-identical to the CPU") {
     }
   }
   // Element counts that are not a multiple of 32 (scalar path, partial last block, odd count), other blocksizes.
-  for (auto [r, k, bs] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{3, 7, 64}, {5, 13, 32}, {1, 1, 64},
-                                                                            {9, 100, 128}, {4, 4096, 4096}}) {
+  for (auto [r, k, bs] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {3, 7, 64}, {5, 13, 32}, {1, 1, 64}, {9, 100, 128}, {4, 4096, 4096}}) {
     const auto q = make_weight(r, k, quant::QuantType::Nf4, true, io::StDtype::BF16, bs);
     dequant_case<bf16>(q, "bs " + std::to_string(bs) + " [" + std::to_string(r) + ", " + std::to_string(k) + "]");
     dequant_case<float>(q, "bs " + std::to_string(bs) + " [" + std::to_string(r) + ", " + std::to_string(k) + "]");
@@ -256,7 +257,8 @@ TEST_CASE("cuda:nf4_matmul routes M <= 16 to the GEMV, larger M to dequantize + 
     const auto dm = cuda::upload_nf4(qm);
     const Tensor<bf16> wm = nn::nf4_weight<bf16, Cpu>(qm);
     const Tensor<bf16> x = Tensor<float>::uniform({24, k}, fresh_seed()).cast<bf16>();
-    check_product(to_host(cuda::nf4_matmul(to_dev(x), *dm)), x, wm, true, "training forward " + case_name(kCases[0], r, k));
+    check_product(to_host(cuda::nf4_matmul(to_dev(x), *dm)), x, wm, true,
+                  "training forward " + case_name(kCases[0], r, k));
     const Tensor<bf16> dy = Tensor<float>::uniform({24, r}, fresh_seed()).cast<bf16>();
     check_product(to_host(cuda::nf4_matmul_dx(to_dev(dy), *dm)), dy, wm, false,
                   "training backward " + case_name(kCases[0], r, k));

@@ -48,6 +48,22 @@ Tensor<float> host_f32(const Tensor<T, Cuda>& t) {
     return t.template cast<float>().template to<Cpu>();
 }
 
+// Cached decoding one token at a time against the full forward's logits `want` [1, T, V]: the largest difference.
+template <TransformerSpec Spec>
+double decode_worst(const Transformer<Spec, float, Cuda>& gpu, const std::vector<int32_t>& p,
+                    const Tensor<float>& want) {
+  auto cache = gpu.make_cache(1, static_cast<int64_t>(p.size()));
+  const int64_t row = 0;
+  double worst = 0;
+  for (size_t t = 0; t < p.size(); ++t) {
+    const auto one = Tensor<int32_t>::from_vector({1, 1}, {p[t]});
+    const auto l = host_f32(gpu.step(cache, one, std::span<const int64_t>(&row, 1)));
+    for (int64_t v = 0; v < l.dim(1); ++v)
+      worst = std::max(worst, static_cast<double>(std::abs(l(0, v) - want(0, static_cast<int64_t>(t), v))));
+  }
+  return worst;
+}
+
 template <TransformerSpec Spec>
 void check(const std::string& name) {
   autograd::NoGradGuard no_grad;
@@ -68,16 +84,7 @@ void check(const std::string& name) {
     CHECK(d32 <= 1e-4);
     CHECK(d16 <= 3e-2);
     // Cached decoding one token at a time equals the full forward at every position.
-    auto cache = gpu.make_cache(1, static_cast<int64_t>(p.size()));
-    const int64_t row = 0;
-    double worst = 0;
-    for (size_t t = 0; t < p.size(); ++t) {
-      const auto one = Tensor<int32_t>::from_vector({1, 1}, {p[t]});
-      const auto l = host_f32(gpu.step(cache, one, std::span<const int64_t>(&row, 1)));
-      for (int64_t v = 0; v < l.dim(1); ++v)
-        worst = std::max(worst, static_cast<double>(std::abs(l(0, v) - want(0, static_cast<int64_t>(t), v))));
-    }
-    CHECK(worst <= 1e-3);
+    CHECK(decode_worst(gpu, p, want) <= 1e-3);
   }
   // NF4 on load: the same 4-bit weights on both devices (bit-identical dequantization), so the GPU's f32 logits
   // match the CPU's NF4 model like the dense ones do; decoding runs the GEMV, prefill of more than 16 tokens the
@@ -93,16 +100,7 @@ void check(const std::string& name) {
       const double d = rel_diff(host_f32(gpu4.forward(ids).value()), want);
       MESSAGE(name << " NF4 prompt " << i << " (" << p.size() << " tokens): Cuda f32 vs CPU " << d);
       CHECK(d <= 1e-4);
-      auto cache = gpu4.make_cache(1, static_cast<int64_t>(p.size()));
-      const int64_t row = 0;
-      double worst = 0;
-      for (size_t t = 0; t < p.size(); ++t) {
-        const auto one = Tensor<int32_t>::from_vector({1, 1}, {p[t]});
-        const auto l = host_f32(gpu4.step(cache, one, std::span<const int64_t>(&row, 1)));
-        for (int64_t v = 0; v < l.dim(1); ++v)
-          worst = std::max(worst, static_cast<double>(std::abs(l(0, v) - want(0, static_cast<int64_t>(t), v))));
-      }
-      CHECK(worst <= 1e-3);
+      CHECK(decode_worst(gpu4, p, want) <= 1e-3);
     }
   }
   for (const auto& g : js["generate"]) {

@@ -30,22 +30,20 @@ namespace distill::cuda {
 // What the kernels read: device pointers and the geometry of one 4-bit weight. `through` is the dtype the
 // values are rounded to before T (0: f32, 1: bf16, 2: f16 — the checkpoint's dtype).
 struct Nf4View {
-  const uint8_t* packed = nullptr;         // (rows·cols + 1) / 2 bytes, element 2i in the high nibble
-  const float* absmax = nullptr;           // per block (not nested)
-  const uint8_t* absmax_q = nullptr;       // per block (nested)
-  const float* nested_absmax = nullptr;    // per nested block
-  const float* code = nullptr;             // 16 values (quant_map)
-  const float* nested_code = nullptr;      // 256 values (nested_quant_map)
-  int64_t rows = 0, cols = 0;              // W is [rows, cols] = [out_features, in_features]
+  const uint8_t* packed = nullptr;       // (rows·cols + 1) / 2 bytes, element 2i in the high nibble
+  const float* absmax = nullptr;         // per block (not nested)
+  const uint8_t* absmax_q = nullptr;     // per block (nested)
+  const float* nested_absmax = nullptr;  // per nested block
+  const float* code = nullptr;           // 16 values (quant_map)
+  const float* nested_code = nullptr;    // 256 values (nested_quant_map)
+  int64_t rows = 0, cols = 0;            // W is [rows, cols] = [out_features, in_features]
   int64_t blocksize = 64, nested_blocksize = 256;
   float nested_offset = 0.f;
   bool nested = false;
   int through = 1;
 };
 
-inline int through_code(io::StDtype d) {
-  return d == io::StDtype::BF16 ? 1 : d == io::StDtype::F16 ? 2 : 0;
-}
+inline int through_code(io::StDtype d) { return d == io::StDtype::BF16 ? 1 : d == io::StDtype::F16 ? 2 : 0; }
 
 // A Quant4 uploaded once: the packed bytes and statistics in device memory (from the caching allocator),
 // freed with the object. Move-only; layers hold it through a shared_ptr beside the host Quant4.

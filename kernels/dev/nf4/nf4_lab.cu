@@ -39,10 +39,10 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t e = n * w.cols + k;
     const uint8_t b = w.packed[e >> 1];
     const int64_t blk = e / w.blocksize;
-    const float scale = w.nested ? __fadd_rn(__fmul_rn(w.nested_code[w.absmax_q[blk]],
-                                                       w.nested_absmax[blk / w.nested_blocksize]),
-                                             w.nested_offset)
-                                 : w.absmax[blk];
+    const float scale =
+        w.nested ? __fadd_rn(__fmul_rn(w.nested_code[w.absmax_q[blk]], w.nested_absmax[blk / w.nested_blocksize]),
+                             w.nested_offset)
+                 : w.absmax[blk];
     const float wv = __bfloat162float(__float2bfloat16_rn(__fmul_rn(w.code[(e & 1) ? (b & 15) : (b >> 4)], scale)));
     acc = fmaf(wv, __bfloat162float(x[m * w.cols + k]), acc);
   }
@@ -56,11 +56,7 @@ __global__ void __launch_bounds__(kW * 32)
                 int64_t ldy, float* __restrict__ partial, int64_t per) {
   __shared__ float s_code[16];
   __shared__ float s_dyn[256];
-  for (int i = threadIdx.x; i < 256; i += blockDim.x) {
-    if (i < 16) s_code[i] = w.code[i];
-    s_dyn[i] = w.nested_code[i];
-  }
-  __syncthreads();
+  cuda::load_tables(w, s_code, s_dyn);
   const int lane = threadIdx.x & 31;
   const int64_t n = blockIdx.x * int64_t{kW} + (threadIdx.x >> 5);
   if (n >= w.rows) return;
@@ -136,7 +132,8 @@ double time_us(F&& fn, int reps = 50) {
 double copy_gbps() {
   const size_t bytes = size_t{256} << 20;
   cuda::DeviceBuffer<uint8_t> a(bytes), b(bytes);
-  const double us = time_us([&] { cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, cuda::stream()); });
+  const double us =
+      time_us([&] { cudaMemcpyAsync(b.data(), a.data(), bytes, cudaMemcpyDeviceToDevice, cuda::stream()); });
   return 2.0 * bytes / (us * 1e-6) / 1e9;
 }
 
@@ -145,8 +142,8 @@ double max_err(const Tensor<bf16, Cuda>& got, const std::vector<double>& ref) {
   const Tensor<bf16> h = got.to<Cpu>();
   double e = 0;
   for (size_t i = 0; i < ref.size(); ++i)
-    e = std::max(e, std::abs(static_cast<double>(static_cast<float>(h.data()[i])) - ref[i]) /
-                        std::max(1.0, std::abs(ref[i])));
+    e = std::max(
+        e, std::abs(static_cast<double>(static_cast<float>(h.data()[i])) - ref[i]) / std::max(1.0, std::abs(ref[i])));
   return e;
 }
 
@@ -200,8 +197,8 @@ int main() {
         const unsigned grid = static_cast<unsigned>((M * rows + T - 1) / T);
         auto run = [&] {
           lab::nf4_gemv_v1<T><<<grid, T, 0, cuda::stream()>>>(reinterpret_cast<const __nv_bfloat16*>(xd.data()),
-                                                               static_cast<int>(M), dev->view(),
-                                                               reinterpret_cast<__nv_bfloat16*>(y.data()));
+                                                              static_cast<int>(M), dev->view(),
+                                                              reinterpret_cast<__nv_bfloat16*>(y.data()));
         };
         run();
         const double err = lab::max_err(y, ref);
