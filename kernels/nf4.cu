@@ -6,6 +6,11 @@
 // The explicit _rn intrinsics keep nvcc from contracting them into an FMA, so dequantize is bit-identical to
 // the CPU.
 //
+// GEMV v4 (bf16, M >= 2, in_features % 64 == 0): bf16 tensor cores (mma.sync m16n8k16, f32 accumulate). The M
+// rows of x are the A operand (rows >= M zero), a dequantized 16x8 tile of W the B operand, built in registers from
+// one 8-byte load per lane (columns permuted inside each 64-column chunk so that a lane's weights and x values are
+// contiguous: see the kernel). A warp covers 16 output rows, so x is read once per 16 rows instead of once per row,
+// and the M = 16 case costs about what M = 2 does.
 // GEMV v3: one warp per output row (8 warps per block), blockIdx.y a K partition. Per step of 256 columns each
 // lane loads one 4-byte packed word (8 weights inside one quantization block; the warp's load is 128 contiguous
 // bytes) and the 8 matching x values of each of the M <= 16 rows (16 bytes; the warp's load is 512 contiguous
@@ -51,7 +56,7 @@ int sm_count() {
 }
 #endif
 
-std::atomic<int64_t> g_gemv{0}, g_dequant_gemm{0};
+std::atomic<int64_t> g_gemv{0}, g_gemv_v4{0}, g_dequant_gemm{0};
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
@@ -240,6 +245,103 @@ __global__ void __launch_bounds__(kW * 32)
   }
 }
 
+// --- GEMV v4: bf16 tensor cores --------------------------------------------------------------------------------
+#ifndef DISTILL_KERNEL_EMULATION
+// D += A·B for one m16n8k16 tile: A 16x16 bf16 row-major (4 regs), B 16x8 bf16 column-major (2 regs), D f32.
+__device__ __forceinline__ void nf4_mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+#endif
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// Fragment layouts (PTX ISA, m16n8k16 .bf16; lane = 4g + c): A a0 (row g, k 2c..2c+1), a1 (row g+8, same k),
+// a2 (row g, k 2c+8..+9), a3 (row g+8, k 2c+8..+9); B b0 (k 2c..2c+1, col g), b1 (k 2c+8..+9, col g); D d0, d1
+// (row g, cols 2c, 2c+1), d2, d3 (row g+8, cols 2c, 2c+1). The sum over k does not care about order, so a 64-column
+// chunk is permuted: in mma step j, lane quad c's logical k {2c, 2c+1, 2c+8, 2c+9} are the physical columns
+// 16c + 4j + {0, 1, 2, 3}. Lane (g, c) then needs 16 consecutive weights of one row (8 packed bytes: one load) and
+// 16 consecutive x values of rows g and g+8 (two 32-byte runs), and every mma step uses 4 of each.
+// A warp computes the M (<= 16, rows >= M are zeros) x 16 outputs of two n8 tiles; kW warps of a block take
+// consecutive tiles over the same K range (x shared through L1); blockIdx.y is a K partition of 64-column chunks.
+template <int R, int kW>
+__global__ void __launch_bounds__(kW * 32)
+    nf4_gemv_v4(const __nv_bfloat16* __restrict__ x, int64_t ldx, int M, Nf4View w, __nv_bfloat16* __restrict__ y,
+                int64_t ldy, float* __restrict__ partial, int64_t per) {
+  __shared__ float s_code[16];
+  __shared__ float s_dyn[256];
+  load_tables(w, s_code, s_dyn);
+  const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3;
+  const int64_t n0 = (blockIdx.x * int64_t{kW} + (threadIdx.x >> 5)) * 16;
+  if (n0 >= w.rows) return;  // whole warps leave together
+  const int64_t chunks = w.cols / 64;
+  const int64_t lo = blockIdx.y * per, hi = std::min(chunks, lo + per);
+  float acc[2][4] = {};
+  for (int64_t ch = lo; ch < hi; ++ch) {
+    const int64_t k = ch * 64 + 16 * c;  // this lane's 16 physical columns
+    uint2 word[2];
+    float scale[2];
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      const int64_t row = n0 + 8 * t + g;
+      word[t] = make_uint2(0u, 0u);
+      scale[t] = 0.f;
+      if (row < w.rows) {
+        word[t] = __ldg(reinterpret_cast<const uint2*>(w.packed + (row * w.cols + k) / 2));
+        scale[t] = block_scale(w, s_dyn, (row * w.cols + k) / w.blocksize);
+      }
+    }
+    uint32_t xa[2][8];  // rows g and g + 8: 16 bf16 each, as 8 pairs
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int m = g + 8 * h;
+      uint4 q0 = make_uint4(0u, 0u, 0u, 0u), q1 = q0;
+      if (m < M) {
+        const uint4* p = reinterpret_cast<const uint4*>(x + m * ldx + k);
+        q0 = __ldg(p);
+        q1 = __ldg(p + 1);
+      }
+      xa[h][0] = q0.x, xa[h][1] = q0.y, xa[h][2] = q0.z, xa[h][3] = q0.w;
+      xa[h][4] = q1.x, xa[h][5] = q1.y, xa[h][6] = q1.z, xa[h][7] = q1.w;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t a[4] = {xa[0][2 * j], xa[1][2 * j], xa[0][2 * j + 1], xa[1][2 * j + 1]};
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        const uint32_t bytes = j < 2 ? word[t].x >> (16 * j) : word[t].y >> (16 * (j - 2));  // columns 4j .. 4j+3
+        float v[4];
+        v[0] = __fmul_rn(s_code[(bytes >> 4) & 15u], scale[t]);
+        v[1] = __fmul_rn(s_code[bytes & 15u], scale[t]);
+        v[2] = __fmul_rn(s_code[(bytes >> 12) & 15u], scale[t]);
+        v[3] = __fmul_rn(s_code[(bytes >> 8) & 15u], scale[t]);
+        round_through2<R, __nv_bfloat16>(v[0], v[1]);
+        round_through2<R, __nv_bfloat16>(v[2], v[3]);
+        nf4_mma(acc[t], a, pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]));
+      }
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < 2; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int m = g + (i >= 2 ? 8 : 0);
+      const int64_t n = n0 + 8 * t + 2 * c + (i & 1);
+      if (m < M && n < w.rows) {
+        if (partial)
+          partial[(blockIdx.y * int64_t{M} + m) * w.rows + n] = acc[t][i];
+        else
+          y[m * ldy + n] = __float2bfloat16_rn(acc[t][i]);
+      }
+    }
+}
+
 // y[m, n] = Σ_s partial[s, m, n] in partition order.
 template <class S>
 __global__ void __launch_bounds__(kThreads) nf4_gemv_reduce(const float* __restrict__ partial, int splits, int M,
@@ -296,23 +398,36 @@ void nf4_dequantize(const Nf4View& w, T* out) {
 }
 
 template <class T>
-void nf4_gemv(const T* x, int64_t ldx, int64_t M, const Nf4View& w, T* y, int64_t ldy, int splits) {
+void nf4_gemv(const T* x, int64_t ldx, int64_t M, const Nf4View& w, T* y, int64_t ldy, int splits, int version) {
   const std::string why = nf4_gemv_unsupported_reason(w, M, x, ldx, sizeof(T));
   DISTILL_CHECK(why.empty(), "nf4_gemv: cannot run on this layout: ", why);
+  const bool v4_ok = std::is_same_v<T, bf16> && nf4_gemv_v4_fits(w);
+  if (version == 0) version = v4_ok && M > 1 ? 4 : 3;
+  DISTILL_CHECK(version == 3 || (version == 4 && v4_ok), "nf4_gemv: version ", version,
+                " is not available here (v3: any layout nf4_gemv takes; v4: bf16 with in_features % 64 == 0)");
   if (w.rows == 0) return;
-  const int64_t C = (w.cols + 255) / 256;  // steps of 256 columns
-  if (splits <= 0) splits = nf4_gemv_splits(w.rows, w.cols, sm_count());
-  splits = static_cast<int>(std::clamp<int64_t>(splits, 1, std::max<int64_t>(C, 1)));
-  const int64_t per = (C + splits - 1) / splits;
-  splits = static_cast<int>(C > 0 ? (C + per - 1) / per : 1);  // no empty partition
+  // K units: 256-column steps (v3) or 64-column chunks (v4).
+  const int64_t units = version == 4 ? w.cols / 64 : (w.cols + 255) / 256;
+  if (splits <= 0) splits = nf4_gemv_splits(w.rows, w.cols, sm_count(), version);
+  splits = static_cast<int>(std::clamp<int64_t>(splits, 1, std::max<int64_t>(units, 1)));
+  const int64_t per = (units + splits - 1) / splits;
+  splits = static_cast<int>(units > 0 ? (units + per - 1) / per : 1);  // no empty partition
   using S = dev_t<T>;
   const S* xs = reinterpret_cast<const S*>(x);
   S* ys = reinterpret_cast<S*>(y);
   DeviceBuffer<float> partial(splits > 1 ? static_cast<size_t>(splits * M * w.rows) : 0);
+  float* pp = splits > 1 ? partial.data() : nullptr;
   auto go = [&](auto r) {
     constexpr int R = decltype(r)::value;
-    launch_gemv<R, kWarps, S>(xs, ldx, static_cast<int>(M), w, ys, ldy, splits > 1 ? partial.data() : nullptr, per,
-                              splits);
+    if constexpr (std::is_same_v<T, bf16>) {
+      if (version == 4) {
+        constexpr int kW4 = 4;
+        const dim3 grid(static_cast<unsigned>((w.rows + 16 * kW4 - 1) / (16 * kW4)), static_cast<unsigned>(splits));
+        launch(nf4_gemv_v4<R, kW4>, grid, dim3(kW4 * 32), 0, xs, ldx, static_cast<int>(M), w, ys, ldy, pp, per);
+        return;
+      }
+    }
+    launch_gemv<R, kWarps, S>(xs, ldx, static_cast<int>(M), w, ys, ldy, pp, per, splits);
   };
   if (w.through == 1)
     go(std::integral_constant<int, 1>{});
@@ -322,8 +437,8 @@ void nf4_gemv(const T* x, int64_t ldx, int64_t M, const Nf4View& w, T* y, int64_
     go(std::integral_constant<int, 0>{});
   if (splits > 1)
     launch(nf4_gemv_reduce<S>, dim3(grid_for(M * w.rows, kThreads, int64_t{1} << 16)), dim3(kThreads), 0,
-           static_cast<const float*>(partial.data()), splits, static_cast<int>(M), w.rows, ys, ldy);
-  ++g_gemv;
+           static_cast<const float*>(pp), splits, static_cast<int>(M), w.rows, ys, ldy);
+  ++(version == 4 ? g_gemv_v4 : g_gemv);
 }
 
 template <class T>
@@ -359,12 +474,12 @@ Tensor<T, Cuda> nf4_matmul_dx(const Tensor<T, Cuda>& dy, const Nf4Device& w) {
   return dx;
 }
 
-Nf4Counters nf4_counters() { return {g_gemv.load(), g_dequant_gemm.load()}; }
+Nf4Counters nf4_counters() { return {g_gemv.load() + g_gemv_v4.load(), g_gemv_v4.load(), g_dequant_gemm.load()}; }
 
-#define DISTILL_INST_NF4(T)                                                                \
-  template void nf4_dequantize<T>(const Nf4View&, T*);                                     \
-  template void nf4_gemv<T>(const T*, int64_t, int64_t, const Nf4View&, T*, int64_t, int); \
-  template Tensor<T, Cuda> nf4_matmul<T>(const Tensor<T, Cuda>&, const Nf4Device&);        \
+#define DISTILL_INST_NF4(T)                                                                     \
+  template void nf4_dequantize<T>(const Nf4View&, T*);                                          \
+  template void nf4_gemv<T>(const T*, int64_t, int64_t, const Nf4View&, T*, int64_t, int, int); \
+  template Tensor<T, Cuda> nf4_matmul<T>(const Tensor<T, Cuda>&, const Nf4Device&);             \
   template Tensor<T, Cuda> nf4_matmul_dx<T>(const Tensor<T, Cuda>&, const Nf4Device&);
 DISTILL_INST_NF4(float)
 DISTILL_INST_NF4(bf16)

@@ -151,7 +151,7 @@ void dequant_case(const quant::Quant4& q, const std::string& tag) {
 }
 
 template <class T>
-void gemv_case(const quant::Quant4& q, int64_t M, int splits, const std::string& tag) {
+void gemv_case(const quant::Quant4& q, int64_t M, int splits, const std::string& tag, int version = 0) {
   const auto dev = cuda::upload_nf4(q);
   const int64_t rows = q.shape[0], cols = q.shape[1];
   const Tensor<T> x = Tensor<float>::uniform({M, cols}, fresh_seed()).cast<T>();
@@ -160,7 +160,7 @@ void gemv_case(const quant::Quant4& q, int64_t M, int splits, const std::string&
   // y with a padded row stride: the padding must stay poisoned (nothing written outside [M, rows]).
   const int64_t ldy = rows + 3;
   auto y = poisoned<T>({M, ldy});
-  cuda::nf4_gemv<T>(xd.data(), cols, M, dev->view(), y.data(), ldy, splits);
+  cuda::nf4_gemv<T>(xd.data(), cols, M, dev->view(), y.data(), ldy, splits, version);
   const Tensor<T> yh = to_host(y);
   auto packed = Tensor<T>::empty({M, rows});
   int64_t pad_written = 0;
@@ -203,25 +203,35 @@ TEST_CASE("cuda:nf4_dequantize is bit-identical to the CPU") {
   }
 }
 
-TEST_CASE("cuda:nf4_gemv against the CPU reference, M = 1..16, every split") {
+TEST_CASE("cuda:nf4_gemv against the CPU reference, M = 1..16, both versions, every split") {
+  auto v4_fits = [](const quant::Quant4& q) { return q.shape[1] % 64 == 0 && q.blocksize % 16 == 0; };
   for (const Case& c : kCases) {
     for (auto [r, k] : kOddShapes) {
       const auto q = make_weight(r, k, c.type, c.nested, c.dtype);
+      const std::string tag = case_name(c, r, k);
       for (int64_t M : {1, 2, 3, 5, 8, 13, 16}) {
-        gemv_case<bf16>(q, M, 0, case_name(c, r, k));
-        gemv_case<float>(q, M, 1, case_name(c, r, k));
+        gemv_case<bf16>(q, M, 0, tag);     // the launcher's choice (v4 for M >= 2 where it fits)
+        gemv_case<bf16>(q, M, 1, tag, 3);  // CUDA cores, one partition
+        if (v4_fits(q)) gemv_case<bf16>(q, M, 1, tag, 4);
+        gemv_case<float>(q, M, 1, tag);
       }
-      gemv_case<f16>(q, 4, 0, case_name(c, r, k));
+      gemv_case<f16>(q, 4, 0, tag);
     }
   }
-  {  // K partitions: 1 .. more than there are chunks (clamped), uneven last partition
-    const auto q = make_weight(70, 4096 + 8 * 5, quant::QuantType::Nf4, true, io::StDtype::BF16);
-    for (int s : {1, 2, 3, 7, 16, 500}) gemv_case<bf16>(q, 3, s, "splits");
+  {  // K partitions: 1 .. more than there are units (clamped), uneven last partition; v3 and v4
+    const auto q3 = make_weight(70, 4096 + 8 * 5, quant::QuantType::Nf4, true, io::StDtype::BF16);
+    const auto q4 = make_weight(70, 4096 + 64 * 5, quant::QuantType::Fp4, true, io::StDtype::BF16);
+    for (int s : {1, 2, 3, 7, 16, 500}) {
+      gemv_case<bf16>(q3, 3, s, "splits", 3);
+      gemv_case<bf16>(q4, 3, s, "splits", 4);
+      gemv_case<bf16>(q4, 16, s, "splits", 4);
+    }
   }
   for (auto [r, k] : kModelShapes) {
     const Case c = kCases[0];
     const auto q = make_weight(r, k, c.type, c.nested, c.dtype);
     for (int64_t M : {1, 16}) gemv_case<bf16>(q, M, 0, case_name(c, r, k));
+    gemv_case<bf16>(q, 16, 0, case_name(c, r, k), 3);
   }
 }
 
@@ -263,6 +273,27 @@ TEST_CASE("cuda:nf4_matmul routes M <= 16 to the GEMV, larger M to dequantize + 
     check_product(to_host(cuda::nf4_matmul_dx(to_dev(dy), *dm)), dy, wm, false,
                   "training backward " + case_name(kCases[0], r, k));
   }
+}
+
+TEST_CASE("cuda:nf4_gemv picks v4 (tensor cores) for bf16, M >= 2 and in_features % 64 == 0, else v3") {
+  const auto q = make_weight(40, 128, quant::QuantType::Nf4, true, io::StDtype::BF16);
+  const auto dev = cuda::upload_nf4(q);
+  for (int64_t M : {1, 2, 16}) {
+    const auto xb = to_dev(Tensor<float>::uniform({M, 128}, fresh_seed()).cast<bf16>());
+    const auto xf = to_dev(Tensor<float>::uniform({M, 128}, fresh_seed()));
+    auto yb = poisoned<bf16>({M, 40});
+    auto yf = poisoned<float>({M, 40});
+    auto before = cuda::nf4_counters();
+    cuda::nf4_gemv<bf16>(xb.data(), 128, M, dev->view(), yb.data(), 40);
+    CHECK(cuda::nf4_counters().gemv_v4 - before.gemv_v4 == (M >= 2 ? 1 : 0));
+    before = cuda::nf4_counters();
+    cuda::nf4_gemv<float>(xf.data(), 128, M, dev->view(), yf.data(), 40);
+    CHECK(cuda::nf4_counters().gemv_v4 == before.gemv_v4);
+  }
+  const auto xf = to_dev(Tensor<float>::uniform({2, 128}, fresh_seed()));
+  auto yf = poisoned<float>({2, 40});
+  CHECK_THROWS_WITH_AS(cuda::nf4_gemv<float>(xf.data(), 128, 2, dev->view(), yf.data(), 40, 0, 4),
+                       doctest::Contains("version 4 is not available"), Error);
 }
 
 TEST_CASE("cuda:nf4_gemv says why it cannot take a layout; nf4_matmul falls back") {

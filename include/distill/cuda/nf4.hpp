@@ -119,18 +119,24 @@ void nf4_dequantize(const Nf4View& w, T* out);
 
 // y[m·ldy + n] = Σ_k x[m·ldx + k]·W[n, k] for m < M <= 16, n < rows; f32 accumulation, one rounding to T.
 // splits: K partitions (0 = choose from the shape and the GPU); > 1 needs a [splits, M, rows] f32 scratch
-// that the launcher takes from the caching allocator. Throws with nf4_gemv_unsupported_reason() when the
-// layout does not fit the kernel.
+// that the launcher takes from the caching allocator. version: the lab version of the kernel — 3 (CUDA cores,
+// a warp per row; any dtype), 4 (bf16 tensor cores, 16 rows per warp; bf16 with in_features % 64 == 0), or 0:
+// v4 where it fits and M >= 2, else v3. Throws with nf4_gemv_unsupported_reason() when the layout does not fit.
 template <class T>
-void nf4_gemv(const T* x, int64_t ldx, int64_t M, const Nf4View& w, T* y, int64_t ldy, int splits = 0);
+void nf4_gemv(const T* x, int64_t ldx, int64_t M, const Nf4View& w, T* y, int64_t ldy, int splits = 0, int version = 0);
+
+// Whether the tensor-core GEMV (v4) can take this weight (bf16 activations are the caller's part).
+inline bool nf4_gemv_v4_fits(const Nf4View& w) { return w.cols % 64 == 0 && w.blocksize % 16 == 0; }
 
 // The K partitions nf4_gemv uses for `rows` output rows of `cols` inputs on a GPU of `sms` multiprocessors:
-// enough warps to fill it (32 per SM), each partition at least 1024 columns (four steps of a warp).
-inline int nf4_gemv_splits(int64_t rows, int64_t cols, int sms) {
-  const int64_t want_warps = int64_t{8} * (sms > 0 ? sms : 1) * 4;
-  int64_t s = (want_warps + rows - 1) / std::max<int64_t>(rows, 1);
-  const int64_t max_by_k = std::max<int64_t>(1, cols / 1024);
-  s = std::min<int64_t>({s, max_by_k, 16});
+// enough warps to fill it (32 per SM; a warp takes 1 row in v3, 16 in v4), each partition at least 1024 (v3) or
+// 256 (v4) columns.
+inline int nf4_gemv_splits(int64_t rows, int64_t cols, int sms, int version = 3) {
+  const int64_t want_warps = int64_t{32} * (sms > 0 ? sms : 1);
+  const int64_t warps = version == 4 ? (rows + 15) / 16 : rows;
+  int64_t s = (want_warps + warps - 1) / std::max<int64_t>(warps, 1);
+  const int64_t max_by_k = std::max<int64_t>(1, cols / (version == 4 ? 256 : 1024));
+  s = std::min<int64_t>({s, max_by_k, 32});
   return static_cast<int>(std::max<int64_t>(s, 1));
 }
 
@@ -178,7 +184,7 @@ Tensor<T, Cuda> nf4_matmul_dx(const Tensor<T, Cuda>& dy, const Nf4Device& w);
 
 // Calls of each path since the start (tests check the routing).
 struct Nf4Counters {
-  int64_t gemv = 0, dequant_gemm = 0;
+  int64_t gemv = 0, gemv_v4 = 0, dequant_gemm = 0;  // gemv counts both versions
 };
 Nf4Counters nf4_counters();
 

@@ -9,7 +9,11 @@
 //   v3  kernels/nf4.cu's nf4_gemv_v3<R, M, warps>: as v2, but each lane takes one 4-byte word (8 weights) per
 //       256-column step, four steps in flight, so weight loads are 128 contiguous bytes per warp and x loads 512
 //       contiguous bytes; the scale is decoded once per 8 weights. PRODUCTION (8 warps per block, splits from
-//       nf4_gemv_splits). Which of v2/v3 is faster is what this lab is for: not measured yet.
+//       nf4_gemv_splits). PRODUCTION for M = 1 and for dtypes other than bf16.
+//   v4  kernels/nf4.cu's nf4_gemv_v4<R, warps>: bf16 tensor cores (mma.sync m16n8k16, f32 accumulate), the M rows
+//       of x as the A operand, 16 output rows per warp from one 8-byte weight load per lane per 64 columns; x is
+//       read once per 16 rows instead of once per row. PRODUCTION for bf16 with M >= 2 (4 warps per block).
+//   Which is fastest at which M is what this lab is for: not measured yet.
 //   dequantize: scalar (a thread per byte) and vector (a thread per 16 bytes, 16-byte stores; PRODUCTION).
 // Built by CMake with the CUDA kernels (target nf4_lab, so CI compiles it); run it on a GPU machine:
 //   cmake --build build/device --target nf4_lab && build/device/kernels/dev/nf4/nf4_lab
@@ -221,8 +225,8 @@ int main() {
       // v2 and v3: warps per block x K partitions (0 = the production heuristic)
       auto sweep = [&](auto version, auto warps, int splits) {
         constexpr int V = decltype(version)::value, W = decltype(warps)::value;
-        const int64_t units = V == 2 ? cols / 32 : (cols + 255) / 256;  // partition units: chunks / steps
-        const int s = splits > 0 ? splits : cuda::nf4_gemv_splits(rows, cols, cuda::sm_count());
+        const int64_t units = V == 2 ? cols / 32 : V == 4 ? cols / 64 : (cols + 255) / 256;  // partition units
+        const int s = splits > 0 ? splits : cuda::nf4_gemv_splits(rows, cols, cuda::sm_count(), V == 4 ? 4 : 3);
         const int64_t per = (units + s - 1) / s;
         const int ns = static_cast<int>((units + per - 1) / per);
         cuda::DeviceBuffer<float> partial(ns > 1 ? static_cast<size_t>(ns * M * rows) : 0);
@@ -235,6 +239,10 @@ int main() {
             else
               lab::nf4_gemv_v2<16, W>
                   <<<grid, W * 32, 0, cuda::stream()>>>(xb, cols, static_cast<int>(M), dev->view(), yb, rows, pp, per);
+          } else if constexpr (V == 4) {
+            const dim3 grid(static_cast<unsigned>((rows + 16 * W - 1) / (16 * W)), static_cast<unsigned>(ns));
+            cuda::nf4_gemv_v4<1, W>
+                <<<grid, W * 32, 0, cuda::stream()>>>(xb, cols, static_cast<int>(M), dev->view(), yb, rows, pp, per);
           } else {
             cuda::launch_gemv<1, W>(xb, cols, static_cast<int>(M), dev->view(), yb, rows, pp, per, ns);
           }
@@ -243,12 +251,17 @@ int main() {
         run();
         const double err = lab::max_err(y, ref);
         char n[48];
-        std::snprintf(n, sizeof n, "v%d_w%d_s%d%s", V, W, ns, (V == 3 && W == 8 && splits == 0) ? "_PRODUCTION" : "");
+        const bool prod = splits == 0 && ((V == 3 && W == 8 && M == 1) || (V == 4 && W == 4 && M > 1));
+        std::snprintf(n, sizeof n, "v%d_w%d_s%d%s", V, W, ns, prod ? "_PRODUCTION" : "");
         row(n, lab::time_us(run), err);
       };
       using V2 = std::integral_constant<int, 2>;
       using V3 = std::integral_constant<int, 3>;
-      for (int s : {1, 2, 4, 8, 0}) {
+      using V4 = std::integral_constant<int, 4>;
+      for (int s : {1, 2, 4, 8, 16, 0}) {
+        sweep(V4{}, std::integral_constant<int, 2>{}, s);
+        sweep(V4{}, std::integral_constant<int, 4>{}, s);
+        sweep(V4{}, std::integral_constant<int, 8>{}, s);
         sweep(V2{}, std::integral_constant<int, 8>{}, s);
         sweep(V3{}, std::integral_constant<int, 2>{}, s);
         sweep(V3{}, std::integral_constant<int, 4>{}, s);
