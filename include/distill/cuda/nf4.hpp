@@ -5,14 +5,15 @@
 // roundings), rounded to the checkpoint's dtype (q.dtype, what bitsandbytes dequantizes to) and then to T —
 // followed by an f32-accumulated product:
 //  - nf4_dequantize: W in T, bit-identical to quant::dequantize_4bit + the casts of nn::nf4_weight.
-//  - nf4_gemv (decode, M <= 16 rows of x): y = x·Wᵀ streaming each packed byte once (one warp per output row,
-//    coalesced 128-byte weight and 512-byte x loads per warp, the M rows of x shared through L1), f32
-//    accumulation, split-K with a second, deterministic reduction pass when the matrix has too few rows to fill
-//    the GPU.
+//  - nf4_gemv (decode, M <= 16 rows of x): y = x·Wᵀ streaming each packed byte once, f32 accumulation, split-K
+//    with a second, deterministic reduction pass when the matrix has too few rows to fill the GPU. Two kernels:
+//    v4 (bf16, M >= 2, in_features % 64 == 0) on bf16 tensor cores, the M rows of x as mma's A operand and a
+//    dequantized weight tile as B, 16 output rows per warp; v3 otherwise (a warp per output row, coalesced 4-byte
+//    weight words and 16-byte x loads).
 //  - nf4_matmul (any M): the GEMV for M <= 16 when nf4_gemv_unsupported_reason() is empty; otherwise (the
 //    training shapes) W is dequantized into scratch memory and multiplied by cuBLASLt (cuda::gemm).
 //  - nf4_matmul_dx: dx = dy·W (the backward to the input), dequantize + cuBLASLt.
-// The kernel lab (kernels/dev/nf4/) holds every version and the sweeps; the production GEMV is its v3.
+// The kernel lab (kernels/dev/nf4/) holds every version and the sweeps; the production GEMVs are its v3 and v4.
 // This header does not include CUDA headers: host-compiled code may include it (nn::nf4_linear does).
 #pragma once
 #include <array>
