@@ -1,13 +1,14 @@
 // Fuzz target: JSONL parsing (the in-memory reader with small and default limits, field access) and the GSM8K
-// answer rules (gold extraction, annotation stripping, lm-eval filters and exact_match, our extraction) on
-// arbitrary bytes. Only distill::Error may escape the library; anything else (a crash, another exception, a
-// hang, a leak) is a finding.
+// answer rules (gold extraction, annotation stripping, lm-eval filters and exact_match, our extraction, the
+// <<a*b=c>> checker of synthetic.hpp) on arbitrary bytes. Only distill::Error may escape the library; anything else (a
+// crash, another exception, a hang, a leak) is a finding.
 #include <cstddef>
 #include <cstdint>
 #include <string>
 #include <string_view>
 
 #include "distill/data/gsm8k.hpp"
+#include "distill/data/synthetic.hpp"
 
 namespace {
 
@@ -25,6 +26,7 @@ void score_text(std::string_view text) {
   (void)normalize_answer(text);
   (void)answers_match(text, "18");
   (void)answers_match("\\boxed{18}", text);
+  (void)check_solution(text);
 }
 
 }  // namespace
