@@ -9,6 +9,7 @@
 #include "distill/data/jsonl.hpp"
 #include "distill/models/export.hpp"
 #include "distill/text/chat.hpp"
+#include "distill/train/plot.hpp"
 #include "distill/train/trainer.hpp"
 
 namespace distill::app {
@@ -184,6 +185,10 @@ void run_train(const TrainCmd& o, std::ostream& log, std::ostream& err) {
     detail::ProgressBar bar(err, tr.total_steps(), !o.quiet);
     bar.set_start(from);
     data::JsonlWriter logw(log_path.string(), /*append=*/true);
+    // The curves beside the log (OUT/train_curves.svg), redrawn about 100 times over the run and at its end.
+    const std::string curves = (std::filesystem::path(o.out) / "train_curves.svg").string();
+    const std::string curves_title = "distill train: " + o.model + " (LoRA r=" + std::to_string(lc.r) + ")";
+    const int64_t plot_every = std::max<int64_t>(1, tr.total_steps() / 100);
     tr.train([&](const train::StepLog& l) {
       nlohmann::json j{{"step", l.step},
                        {"epoch", l.epoch},
@@ -199,7 +204,9 @@ void run_train(const TrainCmd& o, std::ostream& log, std::ostream& err) {
       std::snprintf(f, sizeof f, "loss %.4f lr %.2e gnorm %.3f %.0f tok/s", l.loss, l.lr, l.grad_norm,
                     static_cast<double>(l.seq_tokens) / std::max(l.seconds, 1e-9));
       bar.update(l.step, f);
+      if (l.step % plot_every == 0) train::write_training_curves(tr.history(), curves, curves_title);
     });
+    train::write_training_curves(tr.history(), curves, curves_title);
     const std::string fin = (std::filesystem::path(o.out) / "adapter").string();
     models::save_peft_adapter(model, lc, fin, o.model);
     err << "[distill] adapter written to " << fin << "\n";

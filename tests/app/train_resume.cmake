@@ -40,6 +40,14 @@ foreach(f adapter/adapter_model.safetensors checkpoint-6/optimizer.safetensors c
     message(FATAL_ERROR "${f} differs between the uninterrupted and the killed-and-resumed run")
   endif()
 endforeach()
+# The training curves beside the log, redrawn after the resume from the whole history (6 steps).
+file(READ "${WORK}/killed/train_curves.svg" svg)
+string(REGEX MATCHALL "<polyline" lines "${svg}")
+list(LENGTH lines n_lines)
+string(FIND "${svg}" "</svg>" end_at)
+if(NOT n_lines EQUAL 3 OR end_at LESS 0)
+  message(FATAL_ERROR "train_curves.svg: expected a complete image with 3 curves, got ${n_lines}")
+endif()
 run(1 "${DISTILL}" ${args} --out "${WORK}/straight")  # checkpoints there: refuses without --resume
 run(0 "${DISTILL}" quantize --model "${MODEL}" --out "${WORK}/nf4")
 file(WRITE "${WORK}/ids.json" "[[1, 5, 9, 200, 17]]")

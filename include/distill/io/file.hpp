@@ -111,7 +111,11 @@ inline void atomic_write(const std::string& path, std::span<const uint8_t> bytes
   const fs::path target(path);
   const fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
   std::random_device rd;
-  const std::string tmp = (dir / ("." + target.filename().string() + ".tmp" + std::to_string(rd()))).string();
+  std::string name = ".";  // built by appends: GCC 12 warns (-Wrestrict, falsely) on "." + std::string&&
+  name += target.filename().string();
+  name += ".tmp";
+  name += std::to_string(rd());
+  const std::string tmp = (dir / name).string();
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0) detail::throw_sys("cannot create temp file", tmp);
   auto fail = [&](const char* what) {
