@@ -48,11 +48,16 @@ void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A... args)
   kernel<<<grid, block, smem, stream()>>>(args...);
   DISTILL_CHECK_LAUNCH();
 }
-int sm_count() {
+int sm_count() {  // cached per device (asked on every GEMV call)
+  static std::atomic<int> cache[64] = {};
   int dev = 0, n = 0;
   DISTILL_CHECK_CUDA(cudaGetDevice(&dev));
+  if (dev >= 0 && dev < 64)
+    if (const int c = cache[dev].load(std::memory_order_relaxed); c > 0) return c;
   DISTILL_CHECK_CUDA(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-  return std::max(n, 1);
+  n = std::max(n, 1);
+  if (dev >= 0 && dev < 64) cache[dev].store(n, std::memory_order_relaxed);
+  return n;
 }
 #endif
 

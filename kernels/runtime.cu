@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <map>
 #include <memory>
@@ -43,11 +44,16 @@ std::string probe_message() {
 }
 
 int compute_capability() {
+  // Cached per device: the 4-bit GEMV checks it on every call (decoding), and it never changes.
+  static std::atomic<int> cache[64] = {};
   if (device_count() == 0) return 0;
   int dev = 0, major = 0, minor = 0;
   DISTILL_CHECK_CUDA(cudaGetDevice(&dev));
+  if (dev >= 0 && dev < 64)
+    if (const int c = cache[dev].load(std::memory_order_relaxed); c > 0) return c;
   DISTILL_CHECK_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev));
   DISTILL_CHECK_CUDA(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev));
+  if (dev >= 0 && dev < 64) cache[dev].store(major * 10 + minor, std::memory_order_relaxed);
   return major * 10 + minor;
 }
 
