@@ -13,6 +13,7 @@
 #include <iostream>
 
 #include "commands.hpp"
+#include "distill/io/hf_hub.hpp"
 #include "model_commands.hpp"
 #include "train_commands.hpp"
 
@@ -61,7 +62,10 @@ int main(int argc, char** argv) {
       "generate",
       "Generate from a Qwen3/Gemma3 checkpoint: the prompt is rendered with the model's chat template, the "
       "answer streams to stdout, a tokens/s line goes to stderr");
-  generate->add_option("--model,-m", gen.model, "Checkpoint directory (config.json, safetensors, tokenizer files)")
+  generate
+      ->add_option("--model,-m", gen.model,
+                   "Checkpoint directory, or a hub id in the local Hugging Face cache (config.json, safetensors, "
+                   "tokenizer files)")
       ->required();
   generate->add_option("--prompt,-p", gen.prompt, "The user message (default: read stdin)");
   generate->add_option("--system", gen.system, "A system message");
@@ -86,7 +90,8 @@ int main(int argc, char** argv) {
   distill::app::LogitsCmd lg;
   auto* logits = app.add_subcommand(
       "logits", "Token ids as JSON on stdin ([ids] or [[ids], ...]) -> the logits of every position as JSON");
-  logits->add_option("--model,-m", lg.model, "Checkpoint directory (config.json, safetensors)")->required();
+  logits->add_option("--model,-m", lg.model, "Checkpoint directory, or a hub id in the local Hugging Face cache")
+      ->required();
   logits->add_flag("--last", lg.last, "Only the last position of each sequence");
   logits->add_option("--dtype", lg.dtype, "f32 or bf16")->default_val("f32")->check(CLI::IsMember({"f32", "bf16"}));
   logits->add_option("--threads,-j", lg.threads, "CPU threads (0: all cores)")->default_val(0);
@@ -97,7 +102,10 @@ int main(int argc, char** argv) {
       "train",
       "LoRA/QLoRA fine-tuning on chats (loss on assistant tokens only): NF4 base, PEFT adapter checkpoints, "
       "resumable; a progress bar on stderr, one JSON line per step on stdout and in OUT/train_log.jsonl");
-  train->add_option("--model,-m", tr.model, "Base checkpoint directory (config.json, safetensors, tokenizer)")
+  train
+      ->add_option("--model,-m", tr.model,
+                   "Base checkpoint directory, or a hub id in the local Hugging Face cache (config.json, safetensors, "
+                   "tokenizer)")
       ->required();
   train
       ->add_option(
@@ -144,7 +152,9 @@ int main(int argc, char** argv) {
   distill::app::QuantizeCmd qz;
   auto* quantize = app.add_subcommand(
       "quantize", "A bf16 checkpoint -> a bitsandbytes 4-bit checkpoint (NF4, double quant) that transformers loads");
-  quantize->add_option("--model,-m", qz.model, "Source checkpoint directory")->required();
+  quantize
+      ->add_option("--model,-m", qz.model, "Source checkpoint directory, or a hub id in the local Hugging Face cache")
+      ->required();
   quantize->add_option("--out,-o", qz.out, "Output directory")->required();
   quantize->add_option("--quant-type", qz.quant_type, "nf4 or fp4")
       ->default_val("nf4")
@@ -155,7 +165,8 @@ int main(int argc, char** argv) {
   distill::app::MergeCmd mg;
   auto* merge = app.add_subcommand(
       "merge", "A base checkpoint (bf16 or 4-bit) + a PEFT LoRA adapter -> a merged bf16 checkpoint");
-  merge->add_option("--model,-m", mg.model, "Base checkpoint directory")->required();
+  merge->add_option("--model,-m", mg.model, "Base checkpoint directory, or a hub id in the local Hugging Face cache")
+      ->required();
   merge->add_option("--adapter,-a", mg.adapter, "PEFT adapter directory")->required();
   merge->add_option("--out,-o", mg.out, "Output directory")->required();
 
@@ -167,6 +178,9 @@ int main(int argc, char** argv) {
   }
   std::ios::sync_with_stdio(false);
   try {
+    // --model takes a directory or a hub id already in the local Hugging Face cache (io/hf_hub.hpp).
+    for (std::string* m : {&gen.model, &lg.model, &tr.model, &qz.model, &mg.model})
+      if (!m->empty()) *m = distill::io::resolve_model_dir(*m);
     if (*tokenize) distill::app::run_tokenize(tk, std::cin, std::cout);
     if (*chat) distill::app::run_chat(ch, std::cin, std::cout);
     if (*inspect) distill::app::run_inspect(in, std::cout);
