@@ -1,7 +1,7 @@
 // Fuzz target: JSONL parsing (the in-memory reader with small and default limits, field access) and the GSM8K
 // answer rules (gold extraction, annotation stripping, lm-eval filters and exact_match, our extraction, the
-// <<a*b=c>> checker of synthetic.hpp) on arbitrary bytes. Only distill::Error may escape the library; anything else (a
-// crash, another exception, a hang, a leak) is a finding.
+// <<a*b=c>> checker of synthetic.hpp, teacher trace records and their rejection filter) on arbitrary bytes. Only
+// distill::Error may escape the library; anything else (a crash, another exception, a hang, a leak) is a finding.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -9,6 +9,7 @@
 
 #include "distill/data/gsm8k.hpp"
 #include "distill/data/synthetic.hpp"
+#include "distill/data/traces.hpp"
 
 namespace {
 
@@ -45,6 +46,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       auto reader = JsonlReader::from_memory(in, "<fuzz>", opts);
       nlohmann::json obj;
       while (reader.next(obj)) {
+        try {  // a teacher trace record, judged by the rejection filter
+          (void)filter_trace(TraceRecord::from_json(obj, "<fuzz>"));
+        } catch (const distill::Error&) {
+        }
         if (!obj.is_object()) continue;
         for (const char* key : {"question", "answer", "i"}) {
           try {
