@@ -376,6 +376,17 @@ void launch_gemv(const S* x, int64_t ldx, int M, const Nf4View& w, S* y, int64_t
     launch(nf4_gemv_v3<R, 16, kW, S>, grid, block, 0, x, ldx, M, w, y, ldy, partial, per);
 }
 
+// fn(std::integral_constant<int, R>{}) for the checkpoint dtype code `through` (0 f32, 1 bf16, 2 f16).
+template <class F>
+void with_through(int through, F&& fn) {
+  if (through == 1)
+    fn(std::integral_constant<int, 1>{});
+  else if (through == 2)
+    fn(std::integral_constant<int, 2>{});
+  else
+    fn(std::integral_constant<int, 0>{});
+}
+
 }  // namespace
 
 template <class T>
@@ -394,12 +405,7 @@ void nf4_dequantize(const Nf4View& w, T* out) {
     else
       launch(nf4_dequant_scalar<R, S>, dim3(grid), dim3(kThreads), 0, w, o, n);
   };
-  if (w.through == 1)
-    go(std::integral_constant<int, 1>{});
-  else if (w.through == 2)
-    go(std::integral_constant<int, 2>{});
-  else
-    go(std::integral_constant<int, 0>{});
+  with_through(w.through, go);
 }
 
 template <class T>
@@ -434,12 +440,7 @@ void nf4_gemv(const T* x, int64_t ldx, int64_t M, const Nf4View& w, T* y, int64_
     }
     launch_gemv<R, kWarps, S>(xs, ldx, static_cast<int>(M), w, ys, ldy, pp, per, splits);
   };
-  if (w.through == 1)
-    go(std::integral_constant<int, 1>{});
-  else if (w.through == 2)
-    go(std::integral_constant<int, 2>{});
-  else
-    go(std::integral_constant<int, 0>{});
+  with_through(w.through, go);
   if (splits > 1)
     launch(nf4_gemv_reduce<S>, dim3(grid_for(M * w.rows, kThreads, int64_t{1} << 16)), dim3(kThreads), 0,
            static_cast<const float*>(pp), splits, static_cast<int>(M), w.rows, ys, ldy);
