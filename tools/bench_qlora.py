@@ -225,19 +225,17 @@ def inspect_bnb(model, ids, step):
     res["train_step"] = {"loss": loss, "grad_norm": step.norm,
                          "s": sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e6,
                          "bnb_ops": _bnb_ops(prof), "top_ops": _top_ops(prof), "packed_modules": packed()}
+    def profiled_forward():
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            loss = model(input_ids=ids, labels=ids).loss.item()
+        return {"loss": loss, "s": time.perf_counter() - t0, "bnb_ops": _bnb_ops(prof), "packed_modules": packed()}
+
     with torch.no_grad():
         model.train()
-        t0 = time.perf_counter()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            loss_train = model(input_ids=ids, labels=ids).loss.item()
-        res["train_mode_no_grad_forward"] = {"loss": loss_train, "s": time.perf_counter() - t0,
-                                             "bnb_ops": _bnb_ops(prof), "packed_modules": packed()}
+        res["train_mode_no_grad_forward"] = profiled_forward()
         model.eval()
-        t0 = time.perf_counter()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            loss_eval = model(input_ids=ids, labels=ids).loss.item()
-        res["eval_mode_no_grad_forward"] = {"loss": loss_eval, "s": time.perf_counter() - t0,
-                                            "bnb_ops": _bnb_ops(prof), "packed_modules": packed()}
+        res["eval_mode_no_grad_forward"] = profiled_forward()
         t0 = time.perf_counter()
         loss_eval2 = model(input_ids=ids, labels=ids).loss.item()
         res["eval_mode_second_forward"] = {"loss": loss_eval2, "s": time.perf_counter() - t0}
