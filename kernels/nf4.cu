@@ -66,16 +66,9 @@ std::atomic<int64_t> g_gemv{0}, g_gemv_v4{0}, g_dequant_gemm{0};
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 
-// The value rounded to the checkpoint's dtype (R: 0 f32, 1 bf16, 2 f16), then to the storage type S, as f32.
-template <int R, class S>
-__device__ __forceinline__ float round_through(float v) {
-  if constexpr (R == 1) v = __bfloat162float(__float2bfloat16_rn(v));
-  if constexpr (R == 2) v = __half2float(__float2half_rn(v));
-  return to_f32(from_f32<S>(v));
-}
-
-// The same for two values at once: one packed conversion per dtype on the way (cvt.rn.bf16x2.f32 / f16x2), and
-// none to S when S is the dtype already rounded to (R = 1 with bf16, R = 2 with f16) or f32.
+// Two values rounded to the checkpoint's dtype (R: 0 f32, 1 bf16, 2 f16), then to the storage type S, kept as f32:
+// one packed conversion per dtype on the way (cvt.rn.bf16x2.f32 / f16x2), and none to S when S is the dtype
+// already rounded to (R = 1 with bf16, R = 2 with f16) or f32.
 template <int R, class S>
 __device__ __forceinline__ void round_through2(float& a, float& b) {
   constexpr int rs = std::is_same_v<S, __nv_bfloat16> ? 1 : std::is_same_v<S, __half> ? 2 : 0;
@@ -93,6 +86,14 @@ __device__ __forceinline__ void round_through2(float& a, float& b) {
   if constexpr (R == 2) hf(a, b);
   if constexpr (rs == 1 && R != 1) bf(a, b);
   if constexpr (rs == 2 && R != 2) hf(a, b);
+}
+
+// The two weights of one packed byte (high nibble first), dequantized: code·scale in f32, rounded through R to S.
+template <int R, class S>
+__device__ __forceinline__ void decode_byte(uint32_t b, float scale, const float* s_code, float& hi, float& lo) {
+  hi = __fmul_rn(s_code[(b >> 4) & 15u], scale);
+  lo = __fmul_rn(s_code[b & 15u], scale);
+  round_through2<R, S>(hi, lo);
 }
 
 // The scale of quantization block b.
@@ -128,9 +129,7 @@ __global__ void __launch_bounds__(kThreads) nf4_dequant_vec(Nf4View w, S* __rest
       float v[8];
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const uint8_t b = bytes[q * 4 + j];
-        v[2 * j] = round_through<R, S>(__fmul_rn(s_code[b >> 4], scale));
-        v[2 * j + 1] = round_through<R, S>(__fmul_rn(s_code[b & 15], scale));
+        decode_byte<R, S>(bytes[q * 4 + j], scale, s_code, v[2 * j], v[2 * j + 1]);
       }
       if constexpr (sizeof(S) == 2) {
         store_vec<8>(o + q * 8, v);
@@ -154,8 +153,10 @@ __global__ void __launch_bounds__(kThreads) nf4_dequant_scalar(Nf4View w, S* __r
     const uint8_t b = w.packed[i];
     const int64_t e = 2 * i;  // blocksize is even: both elements of a byte share a block
     const float scale = block_scale(w, s_dyn, e / w.blocksize);
-    out[e] = from_f32<S>(round_through<R, S>(__fmul_rn(s_code[b >> 4], scale)));
-    if (e + 1 < n) out[e + 1] = from_f32<S>(round_through<R, S>(__fmul_rn(s_code[b & 15], scale)));
+    float hi, lo;
+    decode_byte<R, S>(b, scale, s_code, hi, lo);
+    out[e] = from_f32<S>(hi);
+    if (e + 1 < n) out[e + 1] = from_f32<S>(lo);
   }
 }
 
@@ -184,10 +185,7 @@ __device__ __forceinline__ void gemv_word(uint32_t word, float scale, const floa
   float wv[8];
 #pragma unroll
   for (int j = 0; j < 4; ++j) {  // byte j (little-endian) holds columns 2j (high nibble) and 2j + 1
-    const uint32_t b = (word >> (8 * j)) & 0xFFu;
-    wv[2 * j] = __fmul_rn(s_code[b >> 4], scale);
-    wv[2 * j + 1] = __fmul_rn(s_code[b & 15u], scale);
-    round_through2<R, S>(wv[2 * j], wv[2 * j + 1]);
+    decode_byte<R, S>((word >> (8 * j)) & 0xFFu, scale, s_code, wv[2 * j], wv[2 * j + 1]);
   }
 #pragma unroll
   for (int m = 0; m < kM; ++m) {
@@ -322,12 +320,8 @@ __global__ void __launch_bounds__(kW * 32)
       for (int t = 0; t < 2; ++t) {
         const uint32_t bytes = j < 2 ? word[t].x >> (16 * j) : word[t].y >> (16 * (j - 2));  // columns 4j .. 4j+3
         float v[4];
-        v[0] = __fmul_rn(s_code[(bytes >> 4) & 15u], scale[t]);
-        v[1] = __fmul_rn(s_code[bytes & 15u], scale[t]);
-        v[2] = __fmul_rn(s_code[(bytes >> 12) & 15u], scale[t]);
-        v[3] = __fmul_rn(s_code[(bytes >> 8) & 15u], scale[t]);
-        round_through2<R, __nv_bfloat16>(v[0], v[1]);
-        round_through2<R, __nv_bfloat16>(v[2], v[3]);
+        decode_byte<R, __nv_bfloat16>(bytes & 0xFFu, scale[t], s_code, v[0], v[1]);
+        decode_byte<R, __nv_bfloat16>((bytes >> 8) & 0xFFu, scale[t], s_code, v[2], v[3]);
         nf4_mma(acc[t], a, pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]));
       }
     }
@@ -408,10 +402,10 @@ void nf4_dequantize(const Nf4View& w, T* out) {
   with_through(w.through, go);
 }
 
+namespace {
+// nf4_gemv after its layout check (nf4_matmul has made the same check already).
 template <class T>
-void nf4_gemv(const T* x, int64_t ldx, int64_t M, const Nf4View& w, T* y, int64_t ldy, int splits, int version) {
-  const std::string why = nf4_gemv_unsupported_reason(w, M, x, ldx, sizeof(T));
-  DISTILL_CHECK(why.empty(), "nf4_gemv: cannot run on this layout: ", why);
+void gemv_checked(const T* x, int64_t ldx, int64_t M, const Nf4View& w, T* y, int64_t ldy, int splits, int version) {
   const bool v4_ok = std::is_same_v<T, bf16> && nf4_gemv_v4_fits(w);
   if (version == 0) version = v4_ok && M > 1 ? 4 : 3;
   DISTILL_CHECK(version == 3 || (version == 4 && v4_ok), "nf4_gemv: version ", version,
@@ -446,6 +440,14 @@ void nf4_gemv(const T* x, int64_t ldx, int64_t M, const Nf4View& w, T* y, int64_
            static_cast<const float*>(pp), splits, static_cast<int>(M), w.rows, ys, ldy);
   ++(version == 4 ? g_gemv_v4 : g_gemv);
 }
+}  // namespace
+
+template <class T>
+void nf4_gemv(const T* x, int64_t ldx, int64_t M, const Nf4View& w, T* y, int64_t ldy, int splits, int version) {
+  const std::string why = nf4_gemv_unsupported_reason(w, M, x, ldx, sizeof(T));
+  DISTILL_CHECK(why.empty(), "nf4_gemv: cannot run on this layout: ", why);
+  gemv_checked<T>(x, ldx, M, w, y, ldy, splits, version);
+}
 
 template <class T>
 Tensor<T, Cuda> nf4_matmul(const Tensor<T, Cuda>& x, const Nf4Device& w) {
@@ -455,7 +457,7 @@ Tensor<T, Cuda> nf4_matmul(const Tensor<T, Cuda>& x, const Nf4Device& w) {
   auto y = Tensor<T, Cuda>::empty({M, w.rows()});
   if (M == 0 || w.rows() == 0) return y;
   if (nf4_gemv_unsupported_reason(w.view(), M, x.data(), w.cols(), sizeof(T)).empty()) {
-    nf4_gemv<T>(x.data(), w.cols(), M, w.view(), y.data(), w.rows());
+    gemv_checked<T>(x.data(), w.cols(), M, w.view(), y.data(), w.rows(), 0, 0);
     return y;
   }
   DeviceBuffer<T> wd(static_cast<size_t>(w.rows() * w.cols()));

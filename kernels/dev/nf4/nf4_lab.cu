@@ -76,9 +76,7 @@ __global__ void __launch_bounds__(kW * 32)
       float wv[8];
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const uint8_t b = bytes[q * 4 + j];
-        wv[2 * j] = __bfloat162float(__float2bfloat16_rn(__fmul_rn(s_code[b >> 4], scale)));
-        wv[2 * j + 1] = __bfloat162float(__float2bfloat16_rn(__fmul_rn(s_code[b & 15], scale)));
+        cuda::decode_byte<1, __nv_bfloat16>(bytes[q * 4 + j], scale, s_code, wv[2 * j], wv[2 * j + 1]);
       }
 #pragma unroll
       for (int m = 0; m < kM; ++m)
