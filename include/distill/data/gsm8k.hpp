@@ -280,15 +280,22 @@ inline std::optional<std::string> extract_model_answer(std::string_view output) 
   return n;
 }
 
-// True when the model output's answer equals the gold one. `gold` is either a whole GSM8K answer (it contains
-// "####"; the gold number is taken as gsm8k_gold_answer does) or the bare gold number.
+// The gold answer, normalized: `gold` is either a whole GSM8K answer (it contains "####"; the gold number is taken
+// as gsm8k_gold_answer does) or the bare gold number. nullopt when it has none.
+inline std::optional<std::string> gold_answer(std::string_view gold) {
+  const std::string g = gold.find("####") != std::string_view::npos ? gsm8k_gold_answer(gold) : std::string(gold);
+  if (g == kInvalidAnswer) return std::nullopt;
+  std::string gn = normalize_answer(g);
+  if (gn.empty()) return std::nullopt;
+  return gn;
+}
+
+// True when the model output's answer equals the gold one (gold as gold_answer takes it).
 inline bool answers_match(std::string_view model_output, std::string_view gold) {
   const auto pred = extract_model_answer(model_output);
   if (!pred) return false;
-  const std::string g = gold.find("####") != std::string_view::npos ? gsm8k_gold_answer(gold) : std::string(gold);
-  if (g == kInvalidAnswer) return false;
-  const std::string gn = normalize_answer(g);
-  return !gn.empty() && *pred == gn;
+  const auto g = gold_answer(gold);
+  return g && *pred == *g;
 }
 
 // lm-eval's per-document outcome: both filters' outputs and whether exact_match accepts them.

@@ -40,7 +40,8 @@ struct TraceRecord {
     TraceRecord r{std::move(id), std::move(question), std::move(gold), std::move(response), std::nullopt, false, tokens,
                   truncated};
     r.extracted = extract_model_answer(r.response);
-    r.correct = answers_match(r.response, r.gold);
+    const auto g = gold_answer(r.gold);
+    r.correct = r.extracted && g && *r.extracted == *g;  // answers_match, without extracting twice
     return r;
   }
 
@@ -123,12 +124,12 @@ inline TraceVerdict filter_trace(const TraceRecord& r) {
     v.reason = "truncated (stopped by the token limit)";
     return v;
   }
-  const std::string gold = r.gold.find("####") != std::string::npos ? gsm8k_gold_answer(r.gold) : std::string(r.gold);
-  const std::string g = normalize_answer(gold);
-  if (g.empty() || gold == kInvalidAnswer || !detail::canonical_number(g)) {
+  const auto gold = gold_answer(r.gold);
+  if (!gold || !detail::canonical_number(*gold)) {
     v.reason = "the gold answer has no number";
     return v;
   }
+  const std::string& g = *gold;
   const auto pred = extract_model_answer(r.response);
   if (!pred) {
     v.reason = "no answer found in the response";
