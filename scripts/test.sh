@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 pkgs=(cmake ninja-build g++ ccache pkg-config libeigen3-dev doctest-dev libbenchmark-dev clang-format
-      nlohmann-json3-dev libcli11-dev libutf8proc-dev libpcre2-dev clang libclang-rt-dev libomp-dev)
+      nlohmann-json3-dev libcli11-dev libutf8proc-dev libpcre2-dev clang libclang-rt-dev libomp-dev
+      libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

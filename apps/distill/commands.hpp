@@ -5,6 +5,7 @@
 //   inspect   a safetensors file or checkpoint directory -> names, dtypes, shapes, sizes, totals
 #pragma once
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <iomanip>
@@ -334,6 +335,49 @@ inline void run_inspect(const InspectOptions& opt, std::ostream& out) {
     sep = ", ";
   }
   out << "\n";
+}
+
+// `distill diff A B`: two safetensors files (or checkpoint directories) tensor by tensor, as f32: the largest
+// absolute difference per tensor. Returns false (the tool exits 1) when the names or shapes differ or a difference
+// exceeds atol + rtol * (the largest |value| of that tensor in A).
+struct DiffOptions {
+  std::string a, b;
+  double atol = 0, rtol = 0;
+};
+
+inline bool run_diff(const DiffOptions& o, std::ostream& out) {
+  const io::Checkpoint ca = io::Checkpoint::open(o.a), cb = io::Checkpoint::open(o.b);
+  bool ok = true;
+  std::vector<std::string> na, nb;
+  for (const auto* t : ca.tensors()) na.push_back(t->name);
+  for (const auto* t : cb.tensors()) nb.push_back(t->name);
+  std::sort(na.begin(), na.end());
+  std::sort(nb.begin(), nb.end());
+  if (na != nb) {
+    out << "the tensor names differ (" << na.size() << " vs " << nb.size() << ")\n";
+    return false;
+  }
+  double worst_all = 0;
+  for (const auto& n : na) {
+    const Tensor<float> x = ca.load<float>(n), y = cb.load<float>(n);
+    if (x.shape() != y.shape()) {
+      out << n << ": shapes differ\n";
+      ok = false;
+      continue;
+    }
+    double worst = 0, scale = 0;
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      worst = std::max(worst, std::fabs(static_cast<double>(x.data()[i]) - static_cast<double>(y.data()[i])));
+      scale = std::max(scale, std::fabs(static_cast<double>(x.data()[i])));
+    }
+    const bool bad = !(worst <= o.atol + o.rtol * scale);
+    worst_all = std::max(worst_all, worst);
+    if (bad || worst > 0)
+      out << n << ": max |a-b| " << worst << " (max |a| " << scale << ")" << (bad ? "  EXCEEDS" : "") << "\n";
+    ok = ok && !bad;
+  }
+  out << na.size() << " tensors, max |a-b| " << worst_all << (ok ? "" : " -- outside tolerance") << "\n";
+  return ok;
 }
 
 }  // namespace distill::app

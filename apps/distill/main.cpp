@@ -2,6 +2,7 @@
 //   distill tokenize --tokenizer DIR [--decode] < lines
 //   distill chat --tokenizer DIR [--generation-prompt] < messages.json
 //   distill inspect PATH
+//   distill diff A B [--atol X --rtol Y]
 //   distill generate --model DIR [--prompt TEXT] [sampling flags]
 //   distill logits --model DIR < ids.json
 //   distill train --model DIR --data FILE.jsonl --out DIR
@@ -56,6 +57,15 @@ int main(int argc, char** argv) {
       ->required();
   inspect->add_flag("--json", in.json, "Print JSON instead of a table");
   inspect->add_option("--filter", in.filter, "Only tensors whose name contains this text");
+
+  distill::app::DiffOptions df;
+  auto* diff = app.add_subcommand(
+      "diff",
+      "Two safetensors files or checkpoints, tensor by tensor: the largest difference (exit 1 beyond tolerance)");
+  diff->add_option("a", df.a, "A safetensors file or checkpoint directory")->required();
+  diff->add_option("b", df.b, "The other one")->required();
+  diff->add_option("--atol", df.atol, "Absolute tolerance")->capture_default_str();
+  diff->add_option("--rtol", df.rtol, "Tolerance relative to the tensor's largest |value| in a")->capture_default_str();
 
   distill::app::GenerateCmd gen;
   auto* generate = app.add_subcommand(
@@ -184,6 +194,7 @@ int main(int argc, char** argv) {
     if (*tokenize) distill::app::run_tokenize(tk, std::cin, std::cout);
     if (*chat) distill::app::run_chat(ch, std::cin, std::cout);
     if (*inspect) distill::app::run_inspect(in, std::cout);
+    if (*diff && !distill::app::run_diff(df, std::cout)) return 1;
     if (*generate) distill::app::run_generate(gen, std::cin, std::cout, std::cerr);
     if (*logits) distill::app::run_logits(lg, std::cin, std::cout);
     if (*train) distill::app::run_train(tr, std::cout, std::cerr);

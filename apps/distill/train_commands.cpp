@@ -6,50 +6,26 @@
 #include <cstdlib>
 #include <optional>
 
+#include <sys/resource.h>
+
 #include "distill/data/jsonl.hpp"
 #include "distill/models/export.hpp"
 #include "distill/text/chat.hpp"
 #include "distill/train/plot.hpp"
 #include "distill/train/trainer.hpp"
+#include "mpi_env.hpp"
+#include "progress.hpp"
 
 namespace distill::app {
 
 namespace detail {
 
-// A one-line progress bar on a terminal stream: [#####.....] step/total, rate, ETA, then fields.
-class ProgressBar {
- public:
-  ProgressBar(std::ostream& os, int64_t total, bool enabled) : os_(os), total_(total), on_(enabled) {
-    t0_ = std::chrono::steady_clock::now();
-  }
-  void update(int64_t done, const std::string& fields) {
-    if (!on_) return;
-    const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
-    const double frac = total_ > 0 ? static_cast<double>(done) / static_cast<double>(total_) : 0;
-    const int w = 24, fill = static_cast<int>(frac * w);
-    std::string bar(static_cast<size_t>(fill), '#');
-    bar.resize(w, '.');
-    const double eta = done > start_ ? el / static_cast<double>(done - start_) * static_cast<double>(total_ - done) : 0;
-    char line[512];
-    std::snprintf(line, sizeof line, "\r[%s] %lld/%lld %3.0f%% %s eta %s  %s", bar.c_str(),
-                  static_cast<long long>(done), static_cast<long long>(total_), 100 * frac, hms(el).c_str(),
-                  hms(eta).c_str(), fields.c_str());
-    os_ << line << (done >= total_ ? "\n" : "") << std::flush;
-  }
-  void set_start(int64_t s) { start_ = s; }
-
- private:
-  static std::string hms(double s) {
-    const auto t = static_cast<long long>(s);
-    char b[32];
-    std::snprintf(b, sizeof b, "%lld:%02lld:%02lld", t / 3600, t / 60 % 60, t % 60);
-    return b;
-  }
-  std::ostream& os_;
-  int64_t total_, start_ = 0;
-  bool on_;
-  std::chrono::steady_clock::time_point t0_;
-};
+// The process's peak resident memory so far, in MiB (getrusage; Linux reports KiB).
+inline double peak_rss_mb() {
+  struct rusage u {};
+  if (::getrusage(RUSAGE_SELF, &u) != 0) return 0;
+  return static_cast<double>(u.ru_maxrss) / 1024.0;
+}
 
 // The examples of a JSONL file, one per line: {"messages": [...]} or GSM8K's {"question", "answer"} (a user
 // turn, then the assistant's), rendered with the model's chat template and labelled on assistant tokens; or
@@ -148,6 +124,15 @@ void run_train(const TrainCmd& o, std::ostream& log, std::ostream& err) {
     tc.save_every = o.save_every;
     tc.out_dir = o.out;
     tc.base_model = o.model;
+    // Under mpirun -np N: data parallel, LoRA gradients summed over the processes (rank 0 writes the files).
+    const mpi::World mw = mpi::world();
+    tc.rank = mw.rank;
+    tc.world = mw.size;
+    if (mw.size > 1) {
+      tc.allreduce_f32 = [](std::span<float> v) { mpi::allreduce_sum(v); };
+      tc.allreduce_f64 = [](std::span<double> v) { mpi::allreduce_sum(v); };
+    }
+    const bool lead = mw.rank == 0;
     if (const char* k = std::getenv("DISTILL_TEST_KILL_AT")) {  // tests: die mid-run, like kill -9
       const std::string at = k;
       tc.fault = [at](const std::string& stage) {
@@ -158,15 +143,22 @@ void run_train(const TrainCmd& o, std::ostream& log, std::ostream& err) {
     int64_t from = 0;
     if (o.resume) {
       from = tr.resume();
-      err << (from ? "[distill] resumed from " + train::latest_checkpoint(o.out) + "\n"
-                   : std::string("[distill] no checkpoint to resume from; starting at step 0\n"));
+      if (lead)
+        err << (from ? "[distill] resumed from " + train::latest_checkpoint(o.out) + "\n"
+                     : std::string("[distill] no checkpoint to resume from; starting at step 0\n"));
     } else {
       DISTILL_CHECK(train::latest_checkpoint(o.out).empty(), o.out,
                     " already holds checkpoints; pass --resume to continue that run or choose another --out");
     }
-    err << "[distill] " << models::family_name(Spec.family) << (o.quantize ? " NF4" : "") << " + LoRA r=" << lc.r
-        << ": " << models::lora_parameters(model).size() << " adapter tensors, " << tr.steps_per_epoch()
-        << " steps/epoch, " << tr.total_steps() << " steps\n";
+    if (lead)
+      err << "[distill] " << models::family_name(Spec.family) << (o.quantize ? " NF4" : "") << " + LoRA r=" << lc.r
+          << ": " << models::lora_parameters(model).size() << " adapter tensors, " << tr.steps_per_epoch()
+          << " steps/epoch, " << tr.total_steps() << " steps"
+          << (mw.size > 1 ? ", data parallel over " + std::to_string(mw.size) + " processes" : std::string()) << "\n";
+    if (!lead) {  // the other ranks train in step with rank 0 and write nothing
+      tr.train();
+      return;
+    }
     // The log keeps the steps the run now continues from (a killed run may have logged steps past its last
     // checkpoint; they are done again).
     std::filesystem::create_directories(o.out);
@@ -182,7 +174,7 @@ void run_train(const TrainCmd& o, std::ostream& log, std::ostream& err) {
       }
       io::atomic_write(log_path.string(), kept);
     }
-    detail::ProgressBar bar(err, tr.total_steps(), !o.quiet);
+    ProgressBar bar(err, tr.total_steps(), !o.quiet);
     bar.set_start(from);
     data::JsonlWriter logw(log_path.string(), /*append=*/true);
     // The curves beside the log (OUT/train_curves.svg), redrawn about 100 times over the run and at its end.
@@ -197,7 +189,9 @@ void run_train(const TrainCmd& o, std::ostream& log, std::ostream& err) {
                        {"lr", l.lr},
                        {"tokens", l.tokens},
                        {"seq_tokens", l.seq_tokens},
-                       {"seconds", l.seconds}};
+                       {"seconds", l.seconds},
+                       {"tokens_per_second", static_cast<double>(l.seq_tokens) / std::max(l.seconds, 1e-9)},
+                       {"peak_rss_mb", detail::peak_rss_mb()}};
       logw.write(j);
       log << j.dump() << '\n' << std::flush;
       char f[160];

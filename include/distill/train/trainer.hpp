@@ -25,6 +25,7 @@
 #include <chrono>
 #include <filesystem>
 #include <functional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,16 @@ struct TrainerConfig {
   int64_t save_every = 0;  // steps; 0: only at epoch ends and at the end
   std::string out_dir;     // empty: no checkpoints
   std::string base_model;  // adapter_config.json's base_model_name_or_path
+  // Data parallel (CPU): this process is `rank` of `world`. A micro-batch then spans world * micro_batch items
+  // of the epoch order, and this process trains rows [rank * micro_batch, (rank + 1) * micro_batch) of it; the
+  // trained-token count, the loss and every gradient are summed across the processes by `allreduce` (in place,
+  // e.g. MPI_Allreduce) before clipping and the update, so every process makes the same update, and world
+  // processes with micro_batch b train what one process with micro_batch world * b would (up to f32 summation
+  // order; adapter dropout draws its masks per process, so equality needs dropout 0). Only rank 0 writes
+  // checkpoints; every rank resumes from them.
+  int rank = 0, world = 1;
+  std::function<void(std::span<float>)> allreduce_f32;
+  std::function<void(std::span<double>)> allreduce_f64;
   // Test hook: called with a stage name ("step:<n>" before step n's update, "checkpoint:<n>" in the middle of
   // writing checkpoint n); throwing from it simulates a kill at that point.
   std::function<void(const std::string&)> fault;
@@ -126,7 +137,12 @@ class SftTrainer {
     }
     items_ = pack_items();
     items_per_epoch_ = static_cast<int64_t>(items_.size());
-    steps_per_epoch_ = ceil_div(ceil_div(items_per_epoch_, cfg_.micro_batch), cfg_.grad_accum);
+    DISTILL_CHECK(cfg_.world >= 1 && cfg_.rank >= 0 && cfg_.rank < cfg_.world, "SftTrainer: rank ", cfg_.rank,
+                  " of world ", cfg_.world, " is not a valid data-parallel position");
+    DISTILL_CHECK(cfg_.world == 1 || (cfg_.allreduce_f32 && cfg_.allreduce_f64), "SftTrainer: data parallel over ",
+                  cfg_.world, " processes needs the all-reduce functions");
+    DISTILL_CHECK(cfg_.world == 1 || (std::is_same_v<D, Cpu>), "SftTrainer: data parallel runs on the CPU only");
+    steps_per_epoch_ = ceil_div(ceil_div(items_per_epoch_, cfg_.micro_batch * cfg_.world), cfg_.grad_accum);
     total_steps_ = cfg_.max_steps > 0 ? cfg_.max_steps : steps_per_epoch_ * cfg_.epochs;
     make_optimizer();
   }
@@ -162,7 +178,7 @@ class SftTrainer {
       const StepLog log = train_step();
       if (on_step) on_step(log);
       const bool epoch_end = step_ % steps_per_epoch_ == 0;
-      if (!cfg_.out_dir.empty() &&
+      if (!cfg_.out_dir.empty() && cfg_.rank == 0 &&
           ((cfg_.save_every > 0 && step_ % cfg_.save_every == 0) || epoch_end || step_ == total_steps_))
         save_checkpoint();
     }
@@ -174,18 +190,23 @@ class SftTrainer {
     const auto t0 = std::chrono::steady_clock::now();
     const int64_t epoch = step_ / steps_per_epoch_, in_epoch = step_ % steps_per_epoch_;
     const std::vector<int64_t> order = epoch_order(items_per_epoch_, cfg_.seed, epoch, cfg_.shuffle);
-    const int64_t first = in_epoch * cfg_.grad_accum * cfg_.micro_batch;
-    const int64_t last = std::min<int64_t>(first + cfg_.grad_accum * cfg_.micro_batch, items_per_epoch_);
+    const int64_t gmb = cfg_.micro_batch * cfg_.world;  // items per micro-batch over all processes
+    const int64_t first = in_epoch * cfg_.grad_accum * gmb;
+    const int64_t last = std::min<int64_t>(first + cfg_.grad_accum * gmb, items_per_epoch_);
     DISTILL_CHECK(first < last, "SftTrainer: internal error: empty step");
     std::vector<data::Batch> mbs;
     int64_t num_items = 0, seq_tokens = 0;
-    for (int64_t b = first; b < last; b += cfg_.micro_batch) {
+    for (int64_t g = first; g < last; g += gmb) {
+      // This process's rows of the micro-batch (none, at the end of an epoch, for some ranks).
+      const int64_t b = std::min(g + cfg_.rank * cfg_.micro_batch, last);
+      const int64_t e = std::min({b + cfg_.micro_batch, g + gmb, last});
+      if (b >= e) continue;
       // One row per item: an example, or the examples packed together (rows stay as packed).
       std::vector<std::vector<const data::SftExample*>> rows;
-      for (int64_t i = b; i < std::min(b + cfg_.micro_batch, last); ++i) {
+      for (int64_t i = b; i < e; ++i) {
         rows.emplace_back();
-        for (int64_t e : items_[static_cast<size_t>(order[static_cast<size_t>(i)])])
-          rows.back().push_back(&ex_[static_cast<size_t>(e)]);
+        for (int64_t x : items_[static_cast<size_t>(order[static_cast<size_t>(i)])])
+          rows.back().push_back(&ex_[static_cast<size_t>(x)]);
       }
       if (cfg_.packing) {
         mbs.push_back(data::make_rows_batch(rows, cfg_.pad_id));
@@ -196,6 +217,12 @@ class SftTrainer {
       }
       num_items += count_targets(mbs.back().labels);
       seq_tokens += mbs.back().ids.numel();
+    }
+    if (cfg_.world > 1) {
+      double c[2] = {static_cast<double>(num_items), static_cast<double>(seq_tokens)};
+      cfg_.allreduce_f64(std::span<double>(c, 2));
+      num_items = static_cast<int64_t>(c[0]);
+      seq_tokens = static_cast<int64_t>(c[1]);
     }
     if (num_items == 0)
       throw Error("training step " + std::to_string(step_ + 1) + " (epoch " + std::to_string(epoch + 1) +
@@ -214,6 +241,15 @@ class SftTrainer {
       l.backward();
     }
     const auto params = opt_->params();
+    if (cfg_.world > 1) {
+      if constexpr (std::is_same_v<D, Cpu>) {
+        for (const auto& p : params) {
+          Tensor<float>& g = p.grad_buffer();  // zeros when this process's rows did not reach it
+          cfg_.allreduce_f32(std::span<float>(g.data(), static_cast<size_t>(g.numel())));
+        }
+      }
+      cfg_.allreduce_f64(std::span<double>(&loss, 1));
+    }
     const double norm = grad_global_norm<D>(std::span<const Var<float, D>>(params));
     const double scale = cfg_.max_grad_norm > 0 ? clip_coefficient(norm, cfg_.max_grad_norm) : 1.0;
     const double lr = cfg_.adamw.lr * lr_multiplier(cfg_.schedule, step_, cfg_.warmup_steps, total_steps_);
@@ -396,6 +432,7 @@ class SftTrainer {
     j["lora_alpha"] = lora_.alpha;
     j["lora_dropout"] = lora_.dropout;
     j["rslora"] = lora_.rslora;
+    if (cfg_.world > 1) j["data_parallel_world"] = cfg_.world;  // absent for one process (older checkpoints)
     return j;
   }
 
