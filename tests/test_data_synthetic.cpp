@@ -1,7 +1,7 @@
 // Synthetic GSM8K-style problems (data/synthetic.hpp): determinism, every worked solution recomputed by
 // check_solution (an independent parser of the <<a op b=c>> annotations), the answers read back by the GSM8K
 // extraction and lm-eval's strict scorer exactly as real GSM8K answers are, variety and disjoint held-out draws, and
-// check_solution's verdicts on broken solutions.
+// check_solution's verdicts on broken solutions; each step as a one-step problem.
 #include <doctest/doctest.h>
 
 #include <map>
@@ -47,6 +47,26 @@ TEST_CASE("every synthetic solution is arithmetically right and scores like a GS
   for (const auto& [f, n] : families) CHECK_MESSAGE(n >= 100, f, " appears only ", n, " times");
   CHECK(steps == std::set<int>{2, 3});
   CHECK(questions.size() == ps.size());
+}
+
+TEST_CASE("each step as a one-step problem: its answer is that line of the worked solution") {
+  for (const auto& p : synthetic_problems(99, 500)) {
+    CAPTURE(p.answer);
+    REQUIRE(static_cast<int>(p.one_steps.size()) == p.steps);
+    std::string lines;
+    for (const auto& s : p.one_steps) {
+      CAPTURE(s.question);
+      CHECK(s.question.ends_with("?"));
+      CHECK_FALSE(check_solution(s.answer).has_value());  // one calculation, "#### " its result
+      const size_t h = s.answer.rfind("\n#### ");
+      REQUIRE(h != std::string::npos);
+      lines += s.answer.substr(0, h) + "\n";
+    }
+    CHECK(lines + "#### " + std::to_string(p.value) == p.answer);
+  }
+  // A known problem: the numbers of the first step's question are the first line's operands.
+  const auto p = synthetic_problem(1001, 0, SyntheticOptions{8, 2, 3});
+  CHECK(p.one_steps[0].answer.substr(0, p.one_steps[0].answer.find('\n')) == p.answer.substr(0, p.answer.find('\n')));
 }
 
 TEST_CASE("options: step range, operand range, held-out problems disjoint from training") {

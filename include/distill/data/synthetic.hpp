@@ -25,6 +25,12 @@ struct SyntheticProblem {
   int64_t value = 0;   // N
   int steps = 0;       // calculations in the solution
   std::string family;  // which story template
+  // Each step on its own: a one-step word problem whose worked answer is that step's line of `answer`, then
+  // "#### <its result>" (the demo's student learns these, never the chain).
+  struct OneStep {
+    std::string question, answer;
+  };
+  std::vector<OneStep> one_steps;
 };
 
 struct SyntheticOptions {
@@ -101,6 +107,7 @@ inline SyntheticProblem synthetic_problem(uint64_t seed, uint64_t index, const S
   SyntheticProblem p;
   p.steps = steps;
   const std::string name = who.name, he = who.subj, his = who.poss;
+  std::vector<std::string> subs;  // the one-step questions, one per line of the answer
   if (steps == 2) {
     switch (g.next() % 4) {
       case 0: {  // groups, then give some away
@@ -113,6 +120,10 @@ inline SyntheticProblem synthetic_problem(uint64_t seed, uint64_t index, const S
                    std::to_string(c) + ", " + he + " has " + detail::calc(total, '-', c, total - c) + " " + items +
                    " left.";
         p.value = total - c;
+        subs = {name + " has " + std::to_string(a) + " boxes with " + std::to_string(b) + " " + items +
+                    " in each box. How many " + items + " does " + he + " have?",
+                name + " has " + std::to_string(total) + " " + items + ". " + detail::cap(he) + " gives away " +
+                    std::to_string(c) + " " + items + ". How many " + items + " does " + he + " have left?"};
         break;
       }
       case 1: {  // collect on two days, share equally
@@ -125,6 +136,11 @@ inline SyntheticProblem synthetic_problem(uint64_t seed, uint64_t index, const S
         p.answer = name + " collects " + detail::calc(a, '+', b, s) + " " + items + " in all.\nEach friend gets " +
                    detail::calc(s, '/', k, each) + " " + items + ".";
         p.value = each;
+        subs = {name + " collects " + std::to_string(a) + " " + items + " on Monday and " + std::to_string(b) +
+                    " more on Tuesday. How many " + items + " does " + he + " collect in all?",
+                name + " has " + std::to_string(s) + " " + items + ". " + detail::cap(he) +
+                    " shares them equally among " + std::to_string(k) + " friends. How many " + items +
+                    " does each friend get?"};
         break;
       }
       case 2: {  // rate x time x days
@@ -136,6 +152,10 @@ inline SyntheticProblem synthetic_problem(uint64_t seed, uint64_t index, const S
         p.answer = "Each day it makes " + detail::calc(r, '*', h, r * h) + " " + items + ".\nIn " + std::to_string(d) +
                    " days it makes " + detail::calc(r * h, '*', d, r * h * d) + " " + items + ".";
         p.value = r * h * d;
+        subs = {"A machine makes " + std::to_string(r) + " " + items + " every hour. It runs for " + std::to_string(h) +
+                    " hours a day. How many " + items + " does it make each day?",
+                "A machine makes " + std::to_string(r * h) + " " + items + " each day. How many " + items +
+                    " does it make in " + std::to_string(d) + " days?"};
         break;
       }
       default: {  // buy, pay with a bill
@@ -147,6 +167,10 @@ inline SyntheticProblem synthetic_problem(uint64_t seed, uint64_t index, const S
         p.answer = "The " + items + " cost " + detail::calc(a, '*', price, cost) + " dollars.\n" + detail::cap(his) +
                    " change is " + detail::calc(bill, '-', cost, bill - cost) + " dollars.";
         p.value = bill - cost;
+        subs = {name + " buys " + std::to_string(a) + " " + items + " at $" + std::to_string(price) +
+                    " each. How much do the " + items + " cost?",
+                name + " buys " + items + " that cost $" + std::to_string(cost) + " and pays with $" +
+                    std::to_string(bill) + ". How much change does " + he + " get?"};
         break;
       }
     }
@@ -162,6 +186,22 @@ inline SyntheticProblem synthetic_problem(uint64_t seed, uint64_t index, const S
                " spends " + detail::calc(cost, '+', extra, spent) + " dollars in all.\n" + detail::cap(he) + " has " +
                detail::calc(money, '-', spent, money - spent) + " dollars left.";
     p.value = money - spent;
+    subs = {name + " buys " + std::to_string(a) + " " + items + " for $" + std::to_string(price) +
+                " each. How much do the " + items + " cost?",
+            name + " spends $" + std::to_string(cost) + " on " + items + " and buys a " + other + " for $" +
+                std::to_string(extra) + ". How much does " + he + " spend in all?",
+            name + " has $" + std::to_string(money) + ". " + detail::cap(he) + " spends $" + std::to_string(spent) +
+                ". How much money does " + he + " have left?"};
+  }
+  // The one-step problems: question i is answered by line i of the worked answer.
+  for (size_t i = 0, start = 0; i < subs.size(); ++i) {
+    const size_t nl = p.answer.find('\n', start);
+    const std::string line = p.answer.substr(start, nl == std::string::npos ? std::string::npos : nl - start);
+    const size_t r = line.rfind(">>");
+    size_t e = r + 2;
+    while (e < line.size() && line[e] >= '0' && line[e] <= '9') ++e;
+    p.one_steps.push_back({subs[i], line + "\n#### " + line.substr(r + 2, e - r - 2)});
+    start = nl == std::string::npos ? p.answer.size() : nl + 1;
   }
   p.answer += "\n#### " + std::to_string(p.value);
   return p;
