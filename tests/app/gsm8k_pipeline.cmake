@@ -1,0 +1,113 @@
+# gsm8k_distill end to end on the committed demo models, each stage through the binary:
+#   generate killed for real (DISTILL_TEST_KILL_AT: _Exit(86) after a batch, leaving a torn record) and run again
+#   == an uninterrupted run, byte for byte; malformed input lines reported with their line number and skipped, or
+#   fatal with --strict; an empty data set and a fully-filtered one are clear errors; train killed and resumed ==
+#   uninterrupted (adapter bytes); metrics and the plot beside them; eval's before/after table; ask.
+# Inputs: -DAPP=<gsm8k_distill> -DMODELS=<dir with teacher/ and student/> -DWORK=<dir> -DDISTILL=<distill tool>
+# [-DMPIEXEC=<mpirun>]
+file(REMOVE_RECURSE "${WORK}")
+file(MAKE_DIRECTORY "${WORK}")
+
+function(run expect_rc)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL ${expect_rc})
+    message(FATAL_ERROR "${ARGN}\nexited ${rc}, expected ${expect_rc}\n${out}\n${err}")
+  endif()
+  set(out "${out}" PARENT_SCOPE)
+  set(err "${err}" PARENT_SCOPE)
+endfunction()
+
+function(expect_match what text regex)
+  if(NOT text MATCHES "${regex}")
+    message(FATAL_ERROR "${what}: expected to match ${regex}, got:\n${text}")
+  endif()
+endfunction()
+
+function(same a b)
+  execute_process(COMMAND ${CMAKE_COMMAND} -E compare_files "${a}" "${b}" RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "${a} and ${b} differ")
+  endif()
+endfunction()
+
+# Questions: the demo writes its synthetic problems as GSM8K JSONL; a short demo run also checks that it completes.
+run(0 "${APP}" demo --models "${MODELS}" --work "${WORK}/demo" --train-questions 24 --eval-questions 8 --epochs 1
+    --threads 1 --quiet)
+expect_match("demo table" "${out}" "student before")
+set(questions "${WORK}/demo/seed-1/questions.jsonl")
+
+set(gen generate --teacher "${MODELS}/teacher" --data "${questions}" --batch-size 4 --greedy --max-new-tokens 160
+    --limit 16 --threads 1 --quiet)
+run(0 "${APP}" ${gen} --out "${WORK}/straight/traces.jsonl")
+expect_match("generate summary" "${out}" "^16 records, [0-9]+ accepted")
+run(86 ${CMAKE_COMMAND} -E env DISTILL_TEST_KILL_AT=generate:batch:2 "${APP}" ${gen} --out "${WORK}/killed/traces.jsonl")
+file(READ "${WORK}/killed/traces.jsonl" torn)
+expect_match("the killed run's records end in a torn line" "${torn}" "torn-rec$")
+run(0 "${APP}" ${gen} --out "${WORK}/killed/traces.jsonl")
+same("${WORK}/straight/traces.jsonl" "${WORK}/killed/traces.jsonl")
+same("${WORK}/straight/traces.accepted.jsonl" "${WORK}/killed/traces.accepted.jsonl")
+run(0 "${APP}" ${gen} --out "${WORK}/killed/traces.jsonl")  # all done: nothing to generate, nothing duplicated
+same("${WORK}/straight/traces.jsonl" "${WORK}/killed/traces.jsonl")
+
+# A malformed line (line 3) is reported with its line number and skipped; --strict makes it fatal.
+file(STRINGS "${questions}" lines LIMIT_COUNT 4)
+list(GET lines 0 l1)
+list(GET lines 1 l2)
+list(GET lines 3 l4)
+file(WRITE "${WORK}/bad.jsonl" "${l1}\n${l2}\n{\"question\": \"unterminated\n${l4}\n")
+run(0 "${APP}" generate --teacher "${MODELS}/teacher" --data "${WORK}/bad.jsonl" --out "${WORK}/bad/traces.jsonl"
+    --greedy --max-new-tokens 8 --threads 1 --quiet)
+expect_match("malformed line warning" "${err}" "bad.jsonl:3: .*line skipped")
+expect_match("3 records from 4 lines" "${out}" "^3 records")
+run(1 "${APP}" generate --teacher "${MODELS}/teacher" --data "${WORK}/bad.jsonl" --out "${WORK}/bad2/traces.jsonl"
+    --greedy --max-new-tokens 8 --strict --quiet)
+expect_match("--strict" "${err}" "error: .*bad.jsonl:3: ")
+# Empty data, and traces that are all rejected (every one truncated at 8 tokens): clear errors.
+file(WRITE "${WORK}/empty.jsonl" "")
+run(1 "${APP}" generate --teacher "${MODELS}/teacher" --data "${WORK}/empty.jsonl" --out "${WORK}/e/traces.jsonl")
+expect_match("empty data" "${err}" "empty.jsonl: no usable")
+run(1 "${APP}" train --student "${MODELS}/student" --traces "${WORK}/bad/traces.jsonl" --out "${WORK}/none" --quiet)
+expect_match("fully filtered" "${err}" "no accepted traces.*every record was rejected: truncated")
+
+# train: killed in step 3 and resumed == uninterrupted.
+set(train train --student "${MODELS}/student" --traces "${WORK}/straight/traces.jsonl" --epochs 2 --batch-size 4
+    --grad-accum 1 --lr 1e-3 --lora-r 8 --lora-alpha 16 --warmup-steps 1 --save-every 2 --threads 1 --quiet)
+run(0 "${APP}" ${train} --out "${WORK}/t_straight")
+run(86 ${CMAKE_COMMAND} -E env DISTILL_TEST_KILL_AT=step:3 "${APP}" ${train} --out "${WORK}/t_killed")
+run(0 "${APP}" ${train} --out "${WORK}/t_killed" --resume)
+same("${WORK}/t_straight/adapter/adapter_model.safetensors" "${WORK}/t_killed/adapter/adapter_model.safetensors")
+file(STRINGS "${WORK}/t_straight/train_log.jsonl" log LIMIT_COUNT 1)
+expect_match("metrics" "${log}" "\"grad_norm\".*\"loss\".*\"lr\".*\"peak_rss_mb\".*\"tokens_per_second\"")
+file(GLOB ckpts "${WORK}/t_straight/checkpoint-*/COMPLETE")
+list(LENGTH ckpts n_ckpts)
+if(NOT EXISTS "${WORK}/t_straight/train_curves.svg" OR n_ckpts LESS 2)
+  message(FATAL_ERROR "train: expected train_curves.svg and complete checkpoints, got ${n_ckpts}")
+endif()
+
+# Data parallel: mpirun -np 2 with micro-batch 2 == one process with micro-batch 4 (within f32 tolerance).
+if(MPIEXEC)
+  set(dp train --student "${MODELS}/student" --traces "${WORK}/straight/traces.jsonl" --epochs 2 --grad-accum 1
+      --lr 1e-3 --lora-r 8 --lora-alpha 16 --warmup-steps 1 --threads 1 --quiet)
+  run(0 "${APP}" ${dp} --batch-size 4 --out "${WORK}/dp_one")
+  run(0 ${MPIEXEC} -np 2 --oversubscribe --allow-run-as-root "${APP}" ${dp} --batch-size 2 --out "${WORK}/dp_two")
+  run(0 "${DISTILL}" diff "${WORK}/dp_one/adapter/adapter_model.safetensors"
+      "${WORK}/dp_two/adapter/adapter_model.safetensors" --atol 1e-6 --rtol 1e-4)
+  message(STATUS "mpirun -np 2 vs one process: ${out}")
+else()
+  message(STATUS "no mpirun: the data-parallel case is skipped")
+endif()
+
+# eval: base and adapter -> a before/after table; per-example records and a summary per model.
+run(0 "${APP}" eval --model "${MODELS}/student" --adapter none --adapter "${WORK}/t_straight/adapter" --data
+    "${questions}" --limit 6 --load-in-4bit --max-new-tokens 160 --out "${WORK}/eval" --threads 1 --quiet)
+expect_match("eval table" "${out}" "strict +flexible.*\nbase .*\nchange ")
+file(STRINGS "${WORK}/eval/base.jsonl" ev)
+list(LENGTH ev n_ev)
+if(NOT n_ev EQUAL 6 OR NOT EXISTS "${WORK}/eval/base.json")
+  message(FATAL_ERROR "eval: expected 6 per-example records and a summary, got ${n_ev}")
+endif()
+
+run(0 "${APP}" ask "Mia has 3 boxes with 4 pencils in each box. She gives away 5 pencils. How many pencils does she have left?"
+    --model "${MODELS}/student" --adapter "${WORK}/t_straight/adapter" --max-new-tokens 80 --threads 1)
+expect_match("ask" "${out}" "base: Gemma3.*distilled: Gemma3 f32 \\+ LoRA r=8")
+file(REMOVE_RECURSE "${WORK}")
