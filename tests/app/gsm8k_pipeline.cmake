@@ -2,7 +2,8 @@
 #   generate killed for real (DISTILL_TEST_KILL_AT: _Exit(86) after a batch, leaving a torn record) and run again
 #   == an uninterrupted run, byte for byte; malformed input lines reported with their line number and skipped, or
 #   fatal with --strict; an empty data set and a fully-filtered one are clear errors; train killed and resumed ==
-#   uninterrupted (adapter bytes); metrics and the plot beside them; eval's before/after table; ask.
+#   uninterrupted (adapter bytes); mpirun -np 2 train == one process with twice the batch; metrics and the plot
+#   beside them; eval's before/after table; --config; ask.
 # Inputs: -DAPP=<gsm8k_distill> -DMODELS=<dir with teacher/ and student/> -DWORK=<dir> -DDISTILL=<distill tool>
 # [-DMPIEXEC=<mpirun>]
 file(REMOVE_RECURSE "${WORK}")
@@ -106,6 +107,19 @@ list(LENGTH ev n_ev)
 if(NOT n_ev EQUAL 6 OR NOT EXISTS "${WORK}/eval/base.json")
   message(FATAL_ERROR "eval: expected 6 per-example records and a summary, got ${n_ev}")
 endif()
+
+# --config: options from a TOML file, one [section] per subcommand.
+file(WRITE "${WORK}/recipe.toml" "[eval]\nlimit = 2\nmax-new-tokens = 40\nload-in-4bit = true\n")
+run(0 "${APP}" --config "${WORK}/recipe.toml" eval --model "${MODELS}/student" --data "${questions}"
+    --out "${WORK}/eval_cfg" --threads 1 --quiet)
+file(STRINGS "${WORK}/eval_cfg/base.jsonl" ev)
+list(LENGTH ev n_ev)
+if(NOT n_ev EQUAL 2)
+  message(FATAL_ERROR "--config: [eval] limit = 2 gave ${n_ev} records")
+endif()
+run(0 "${APP}" eval --model "${MODELS}/student" --adapter "${WORK}/t_straight/adapter" --data "${questions}"
+    --limit 2 --dtype bf16 --max-new-tokens 40 --out "${WORK}/eval_bf16" --label bf16 --threads 1 --quiet)
+expect_match("eval --dtype bf16" "${out}" "\nbf16 ")
 
 run(0 "${APP}" ask "Mia has 3 boxes with 4 pencils in each box. She gives away 5 pencils. How many pencils does she have left?"
     --model "${MODELS}/student" --adapter "${WORK}/t_straight/adapter" --max-new-tokens 80 --threads 1)

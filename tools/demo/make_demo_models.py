@@ -9,8 +9,10 @@ by step) and OUT/student (a Gemma3-architecture model with a Gemma3-style Senten
 answer directly), each a Hugging Face directory: config.json, generation_config.json, model.safetensors (bf16),
 tokenizer.json, tokenizer_config.json. Both tokenizers and models are trained from scratch here with the Hugging
 Face libraries (tokenizers, transformers, torch) on the CPU; the held-out accuracy of each model (greedy, as the
-demo decodes) is printed and written to OUT/README.md. Also writes tests/golden/demo/tokenizers.json: texts and
-the ids `tokenizers` gives them, which the C++ tokenizer must reproduce.
+demo decodes) is printed at the end (apps/gsm8k_distill/demo/models/README.md records the committed ones).
+--only student keeps OUT/teacher and makes a new student (and the reverse). Also writes
+tests/golden/demo/tokenizers.json: texts and the ids `tokenizers` gives them, which the C++ tokenizer must
+reproduce.
 """
 import argparse
 import json
@@ -186,6 +188,23 @@ def main():
     report = []
     golden = {}
 
+    samples_for_golden = "Zoe has 12 boxes. 144 - 37 = <<144-37=107>>107!\n#### 107"
+
+    def fit(label, make_model, tok, rows, steps, prompt_key, stop_id, gen_eos, tok_cfg):
+        """Trains one model from scratch, measures it on the held-out problems, saves it under OUT/label."""
+        data = encode_pairs(tok, rows)
+        model = make_model()
+        n = sum(p.numel() for p in model.parameters())
+        print(f"{label}: {n} parameters, vocab {model.config.vocab_size}, "
+              f"{sum(len(p) + len(c) for p, c in data) / len(data):.1f} tokens/example", flush=True)
+        train(model, data, steps, a.batch, a.lr, pad_id=0, label=label)
+        round_bf16(model)
+        acc, samples = greedy_accuracy(model, tok, [e[prompt_key] for e in evals], values, stop_id)
+        print(f"{label} held-out accuracy {acc:.3f}\n{samples[0]}", flush=True)
+        report.append(f"- {label} ({type(model).__name__}, {n} parameters, {steps} steps): held-out accuracy "
+                      f"{acc:.3f} on {len(evals)} problems")
+        save(model, tok, os.path.join(a.out, label), gen_eos, tok_cfg)
+
     # --- teacher: tiny Qwen3, thinks step by step
     if a.only == "student":  # keep the teacher already in OUT (its tokenizer included)
         ttok = Tokenizer.from_file(os.path.join(a.out, "teacher", "tokenizer.json"))
@@ -193,26 +212,20 @@ def main():
         ttok = teacher_tokenizer([r["prompt"] + r["completion"] for r in teacher_rows], 384)
     golden["teacher"] = [{"text": t, "ids": ttok.encode(t, add_special_tokens=False).ids}
                          for t in [teacher_rows[0]["prompt"] + teacher_rows[0]["completion"], evals[0]["question"],
-                                   "Zoe has 12 boxes. 144 - 37 = <<144-37=107>>107!\n#### 107"]]
+                                   samples_for_golden]]
     if a.only in (None, "teacher"):
-        tdata = encode_pairs(ttok, teacher_rows)
         im_end = ttok.token_to_id("<|im_end|>")
-        cfg = Qwen3Config(vocab_size=ttok.get_vocab_size(), hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                          num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=512,
-                          rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
-                          bos_token_id=ttok.token_to_id("<|endoftext|>"), eos_token_id=im_end, pad_token_id=None)
-        teacher = Qwen3ForCausalLM(cfg)
-        print(f"teacher: {sum(p.numel() for p in teacher.parameters())} parameters, vocab {cfg.vocab_size}, "
-              f"{sum(len(p) + len(c) for p, c in tdata) / len(tdata):.1f} tokens/example", flush=True)
-        train(teacher, tdata, a.teacher_steps, a.batch, a.lr, pad_id=0, label="teacher")
-        round_bf16(teacher)
-        acc, samples = greedy_accuracy(teacher, ttok, [e["teacher_prompt"] for e in evals], values, im_end)
-        print(f"teacher held-out accuracy {acc:.3f}\n{samples[0]}", flush=True)
-        report.append(f"- teacher (Qwen3, {sum(p.numel() for p in teacher.parameters())} parameters, "
-                      f"{a.teacher_steps} steps): held-out accuracy {acc:.3f} on {len(evals)} problems")
-        save(teacher, ttok, os.path.join(a.out, "teacher"), [im_end, ttok.token_to_id("<|endoftext|>")],
-             {"tokenizer_class": "Qwen2Tokenizer", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-              "model_max_length": 512})
+        fit("teacher",
+            lambda: Qwen3ForCausalLM(
+                Qwen3Config(vocab_size=ttok.get_vocab_size(), hidden_size=128, intermediate_size=384,
+                            num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                            max_position_embeddings=512, rope_theta=10000.0, rms_norm_eps=1e-6,
+                            tie_word_embeddings=True, bos_token_id=ttok.token_to_id("<|endoftext|>"),
+                            eos_token_id=im_end, pad_token_id=None)),
+            ttok, teacher_rows, a.teacher_steps, "teacher_prompt", im_end,
+            [im_end, ttok.token_to_id("<|endoftext|>")],
+            {"tokenizer_class": "Qwen2Tokenizer", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
+             "model_max_length": 512})
 
     # --- student: tiny Gemma3, answers directly
     if a.only == "teacher":
@@ -221,35 +234,25 @@ def main():
         stok = student_tokenizer([r["prompt"] + r["completion"] for r in student_rows], 640)
     golden["student"] = [{"text": t, "ids": stok.encode(t, add_special_tokens=False).ids}
                          for t in [student_rows[0]["prompt"] + student_rows[0]["completion"], evals[0]["question"],
-                                   "Zoe has 12 boxes. 144 - 37 = <<144-37=107>>107!\n#### 107"]]
+                                   samples_for_golden]]
     if a.only in (None, "student"):
-        sdata = encode_pairs(stok, student_rows)
         eot = stok.token_to_id("<end_of_turn>")
-        cfg = Gemma3TextConfig(vocab_size=stok.get_vocab_size(), hidden_size=128, intermediate_size=384,
-                               num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1, head_dim=32,
-                               max_position_embeddings=512, sliding_window=128, query_pre_attn_scalar=32,
-                               layer_types=["sliding_attention", "sliding_attention", "full_attention"],
-                               rms_norm_eps=1e-6, tie_word_embeddings=True, pad_token_id=0, eos_token_id=[1, eot],
-                               bos_token_id=2)
-        student = Gemma3ForCausalLM(cfg)
-        print(f"student: {sum(p.numel() for p in student.parameters())} parameters, vocab {cfg.vocab_size}, "
-              f"{sum(len(p) + len(c) for p, c in sdata) / len(sdata):.1f} tokens/example", flush=True)
-        train(student, sdata, a.student_steps, a.batch, a.lr, pad_id=0, label="student")
-        round_bf16(student)
-        acc, samples = greedy_accuracy(student, stok, [e["student_prompt"] for e in evals], values, eot)
-        print(f"student held-out accuracy {acc:.3f}\n{samples[0]}", flush=True)
-        report.append(f"- student (Gemma3, {sum(p.numel() for p in student.parameters())} parameters, "
-                      f"{a.student_steps} steps): held-out accuracy {acc:.3f} on {len(evals)} problems")
-        save(student, stok, os.path.join(a.out, "student"), [1, eot],
-             {"tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
-              "model_max_length": 512})
+        fit("student",
+            lambda: Gemma3ForCausalLM(
+                Gemma3TextConfig(vocab_size=stok.get_vocab_size(), hidden_size=128, intermediate_size=384,
+                                 num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1, head_dim=32,
+                                 max_position_embeddings=512, sliding_window=128, query_pre_attn_scalar=32,
+                                 layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+                                 rms_norm_eps=1e-6, tie_word_embeddings=True, pad_token_id=0,
+                                 eos_token_id=[1, eot], bos_token_id=2)),
+            stok, student_rows, a.student_steps, "student_prompt", eot, [1, eot],
+            {"tokenizer_class": "GemmaTokenizer", "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>",
+             "model_max_length": 512})
 
     os.makedirs(os.path.dirname(a.golden), exist_ok=True)
     with open(a.golden, "w") as f:
         json.dump(golden, f, indent=1)
-    if report:
-        with open(os.path.join(a.out, f"README.{a.only or 'all'}.md"), "w") as f:
-            f.write("\n".join(report) + "\n")
+    print("\n".join(report))
 
 
 if __name__ == "__main__":
