@@ -2,7 +2,8 @@
 // generations against HF transformers' own (reference.json, "generate"), one prompt at a time and batched; stop
 // ids and finish reasons; finished rows leaving the batch; the streaming callback; seeded sampling (determinism,
 // independence from the other rows, top_k = 1 = greedy); the argument errors; generation_config.json parsing;
-// and TextStream on the real Qwen3 / Gemma3 tokenizers of ../shared.
+// continuous batching (generate_continuous) against the same goldens; and TextStream on the real Qwen3 / Gemma3
+// tokenizers of ../shared.
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -510,4 +512,58 @@ TEST_CASE("TextStream on the Qwen3 tokenizer: pieces add up to the decode, never
 TEST_CASE("TextStream on the Gemma3 tokenizer: pieces add up to the decode, never half a character") {
   DISTILL_REQUIRE_SHARED(dir, "tokenizers/gemma3");
   check_tokenizer(dir);
+}
+
+TEST_CASE("continuous batching: more prompts than cache rows, finished rows refilled, same results as generate") {
+  const Reference ref("qwen3_tiny");
+  const auto m = Qwen::load(model_dir("qwen3_tiny"));
+  const StopChoice stop = choose_stop(ref);
+  // Every reference prompt twice, in two orders: 2x as many prompts as cache rows (2), so rows are reused.
+  std::vector<Ids> prompts;
+  std::vector<size_t> src;
+  for (size_t i = 0; i < ref.prompts.size(); ++i) prompts.push_back(ref.prompts[i]), src.push_back(i);
+  for (size_t i = ref.prompts.size(); i-- > 0;) prompts.push_back(ref.prompts[i]), src.push_back(i);
+  GenerateOptions o;
+  o.max_new_tokens = ref.max_new;
+  o.stop_ids = {stop.id};  // one prompt stops early, freeing its row for the next
+  std::vector<size_t> done_order;
+  const auto r = generate_continuous(m, prompts, o, /*slots=*/2, [&](size_t i, const Generation& g) {
+    CHECK((g.finish != Finish::Length || static_cast<int64_t>(g.tokens.size()) == ref.max_new));
+    done_order.push_back(i);
+  });
+  REQUIRE(r.rows.size() == prompts.size());
+  CHECK(done_order.size() == prompts.size());
+  CHECK(std::set<size_t>(done_order.begin(), done_order.end()).size() == prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    CAPTURE(i);
+    const Ids& want = ref.outputs[src[i]];
+    if (src[i] == stop.row) {  // HF's tokens up to and including the stop id
+      CHECK(r.rows[i].tokens == Ids(want.begin(), want.begin() + 4));
+      CHECK(r.rows[i].finish == Finish::Stop);
+    } else {
+      CHECK(r.rows[i].tokens == want);  // HF transformers' greedy tokens
+      CHECK(r.rows[i].finish == Finish::Length);
+    }
+  }
+  CHECK(r.stats.new_tokens == [&] {
+    int64_t n = 0;
+    for (const auto& g : r.rows) n += static_cast<int64_t>(g.tokens.size());
+    return n;
+  }());
+
+  // Sampled: prompt i is seeded seed + i, as row i of generate(): the same tokens whatever the slots.
+  GenerateOptions s;
+  s.max_new_tokens = 16;
+  s.ignore_stop = true;
+  s.sampling.do_sample = true;
+  s.sampling.temperature = 1.3f;
+  s.sampling.seed = 99;
+  const auto a = generate::generate(m, prompts, s);
+  for (const int64_t slots : {1, 3, 100}) {
+    CAPTURE(slots);
+    const auto b = generate_continuous(m, prompts, s, slots);
+    for (size_t i = 0; i < prompts.size(); ++i) CHECK(b.rows[i].tokens == a.rows[i].tokens);
+  }
+  CHECK_THROWS_WITH_AS(generate_continuous(m, prompts, s, 0), doctest::Contains("slots must be >= 1"), Error);
+  CHECK(generate_continuous(m, {}, s, 2).rows.empty());
 }

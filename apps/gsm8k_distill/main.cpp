@@ -43,7 +43,9 @@ int main(int argc, char** argv) {
       ->required();
   gen->add_option("--out,-o", g.out, "Trace records (JSONL)")->capture_default_str();
   gen->add_option("--limit", g.limit, "Only the first N questions (0: all)");
-  gen->add_option("--batch-size,-b", g.batch_size, "Questions decoded together")->capture_default_str();
+  gen->add_option("--batch-size,-b", g.batch_size,
+                  "Sequences decoded together (continuous batching: a finished one makes room for the next question)")
+      ->capture_default_str();
   gen->add_option("--max-new-tokens,-n", g.max_new_tokens, "Longest trace; longer ones are truncated and rejected")
       ->capture_default_str();
   gen->add_flag("--greedy", g.greedy, "Greedy decoding instead of the teacher's generation_config.json sampling");
@@ -111,7 +113,8 @@ int main(int argc, char** argv) {
   ev->add_option("--data,-d", e.data, "JSONL with {\"question\", \"answer\"} (GSM8K's test.jsonl)")->required();
   ev->add_option("--out,-o", e.out, "Output directory")->capture_default_str();
   ev->add_option("--limit", e.limit, "Only the first N questions (0: all)");
-  ev->add_option("--batch-size,-b", e.batch_size, "Questions decoded together")->capture_default_str();
+  ev->add_option("--batch-size,-b", e.batch_size, "Sequences decoded together (continuous batching)")
+      ->capture_default_str();
   ev->add_option("--max-new-tokens,-n", e.max_new_tokens, "Longest answer")->capture_default_str();
   ev->add_flag("--load-in-4bit", e.load_in_4bit, "Quantize the base to NF4 on load (as the QLoRA student trains)");
   ev->add_option("--system", e.system, "A system message before each question");

@@ -190,32 +190,31 @@ GenerateSummary run_generate(const GenerateOpts& o, std::ostream& err) {
     data::JsonlWriter w(out, /*append=*/true);
     app::ProgressBar bar(err, s.total, !o.quiet);
     bar.set_start(s.done_before);
-    int64_t new_tokens = 0;
-    for (size_t b = 0; b < todo.size(); b += static_cast<size_t>(o.batch_size)) {
-      const size_t e = std::min(todo.size(), b + static_cast<size_t>(o.batch_size));
-      std::vector<std::vector<int32_t>> prompts;
-      for (size_t i = b; i < e; ++i) prompts.push_back(ct.prompt(todo[i]->question, o.system));
-      // Row i samples with seed + (its position in the shard): a record does not depend on the batch it was in.
-      const auto g = generation_options(dir, o.max_new_tokens, o.greedy, o.temperature,
-                                        o.seed + static_cast<uint64_t>(s.done_before) + b);
-      const auto r = runner->generate(prompts, g);
-      for (size_t i = b; i < e; ++i) {
-        const auto& row = r.rows[i - b];
-        const auto rec =
-            data::TraceRecord::make(todo[i]->id, todo[i]->question, todo[i]->answer, ct.decode(row.tokens),
-                                    static_cast<int64_t>(row.tokens.size()), row.finish == generate::Finish::Length);
-        w.write(rec.to_json());
-        s.accepted += data::filter_trace(rec).accepted;
-        ++s.generated;
-        new_tokens += static_cast<int64_t>(row.tokens.size());
+    int64_t new_tokens = 0, unsynced = 0, flushes = 0;
+    std::vector<std::vector<int32_t>> prompts;
+    for (const Question* q : todo) prompts.push_back(ct.prompt(q->question, o.system));
+    // Continuous batching over --batch-size sequences; records are written as their traces finish (not in input
+    // order) and made durable every --batch-size records. Question k of the shard samples with seed + k, so a record
+    // does not depend on the batch it was in nor on where an earlier run was killed.
+    const auto g = generation_options(dir, o.max_new_tokens, o.greedy, o.temperature,
+                                      o.seed + static_cast<uint64_t>(s.done_before));
+    runner->generate(prompts, g, o.batch_size, [&](size_t i, const generate::Generation& row) {
+      const auto rec =
+          data::TraceRecord::make(todo[i]->id, todo[i]->question, todo[i]->answer, ct.decode(row.tokens),
+                                  static_cast<int64_t>(row.tokens.size()), row.finish == generate::Finish::Length);
+      w.write(rec.to_json());
+      s.accepted += data::filter_trace(rec).accepted;
+      ++s.generated;
+      new_tokens += static_cast<int64_t>(row.tokens.size());
+      if (++unsynced == o.batch_size || s.generated == static_cast<int64_t>(todo.size())) {
+        w.flush_sync();
+        unsynced = 0;
+        test_kill_point("generate:batch:" + std::to_string(++flushes), out);
       }
-      w.flush_sync();
-      test_kill_point("generate:batch:" + std::to_string(b / static_cast<size_t>(o.batch_size) + 1), out);
-      const double el = bar.elapsed();
       const int64_t n = s.done_before + s.generated;
       bar.update(n, fmt("accepted %.1f%%  %.0f tok/s", 100.0 * static_cast<double>(s.accepted) / static_cast<double>(n),
-                        static_cast<double>(new_tokens) / std::max(el, 1e-9)));
-    }
+                        static_cast<double>(new_tokens) / std::max(bar.elapsed(), 1e-9)));
+    });
     s.tokens_per_second = static_cast<double>(new_tokens) / std::max(bar.elapsed(), 1e-9);
   }
   s.records = s.total;
@@ -341,32 +340,32 @@ EvalSummary evaluate(const Runner& runner, const ChatTokenizer& ct, const std::s
   data::JsonlWriter w(jsonl, /*append=*/true);
   app::ProgressBar bar(err, static_cast<int64_t>(qs.size()), !o.quiet);
   bar.set_start(s.score.n);
-  for (size_t b = 0; b < todo.size(); b += static_cast<size_t>(o.batch_size)) {
-    const size_t e = std::min(todo.size(), b + static_cast<size_t>(o.batch_size));
-    std::vector<std::vector<int32_t>> prompts;
-    for (size_t i = b; i < e; ++i) prompts.push_back(ct.prompt(todo[i]->question, o.system));
-    const auto r = runner.generate(prompts, g);
-    for (size_t i = b; i < e; ++i) {
-      const auto& row = r.rows[i - b];
-      const std::string resp = ct.decode(row.tokens);
-      const bool trunc = row.finish == generate::Finish::Length;
-      const auto item = s.score.add(resp, todo[i]->answer, trunc);
-      s.new_tokens += static_cast<int64_t>(row.tokens.size());
-      w.write({{"id", todo[i]->id},
-               {"question", todo[i]->question},
-               {"gold", *data::gold_answer(todo[i]->answer)},
-               {"response", resp},
-               {"strict", item.strict},
-               {"flexible", item.flexible},
-               {"strict_correct", item.strict_correct},
-               {"flexible_correct", item.flexible_correct},
-               {"truncated", trunc},
-               {"tokens", row.tokens.size()}});
+  std::vector<std::vector<int32_t>> prompts;
+  for (const Question* q : todo) prompts.push_back(ct.prompt(q->question, o.system));
+  int64_t unsynced = 0;
+  runner.generate(prompts, g, o.batch_size, [&](size_t i, const generate::Generation& row) {
+    const std::string resp = ct.decode(row.tokens);
+    const bool trunc = row.finish == generate::Finish::Length;
+    const auto item = s.score.add(resp, todo[i]->answer, trunc);
+    s.new_tokens += static_cast<int64_t>(row.tokens.size());
+    w.write({{"id", todo[i]->id},
+             {"question", todo[i]->question},
+             {"gold", *data::gold_answer(todo[i]->answer)},
+             {"response", resp},
+             {"strict", item.strict},
+             {"flexible", item.flexible},
+             {"strict_correct", item.strict_correct},
+             {"flexible_correct", item.flexible_correct},
+             {"truncated", trunc},
+             {"tokens", row.tokens.size()}});
+    if (++unsynced == o.batch_size) {
+      w.flush_sync();
+      unsynced = 0;
     }
-    w.flush_sync();
     bar.update(s.score.n, label + fmt(": strict %.1f%%  flexible %.1f%%", 100 * s.score.strict_accuracy(),
                                       100 * s.score.flexible_accuracy()));
-  }
+  });
+  w.flush_sync();
   s.seconds = bar.elapsed();
   return s;
 }
@@ -484,9 +483,9 @@ void run_ask(const AskOpts& o, std::ostream& out) {
   const auto g = generation_options(dir, o.max_new_tokens, true, std::nullopt, 0);
   const std::vector<std::vector<int32_t>> p{ct.prompt(o.question)};
   const auto base = load_runner({dir, "", o.dtype, o.load_in_4bit});
-  const std::string a = ct.decode(base->generate(p, g).rows[0].tokens);
+  const std::string a = ct.decode(base->generate(p, g, 1).rows[0].tokens);
   const auto dist = load_runner({dir, o.adapter, o.dtype, o.load_in_4bit});
-  const std::string b = ct.decode(dist->generate(p, g).rows[0].tokens);
+  const std::string b = ct.decode(dist->generate(p, g, 1).rows[0].tokens);
   int width = o.width;
   if (width <= 0) {
     const char* c = std::getenv("COLUMNS");

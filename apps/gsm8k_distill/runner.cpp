@@ -18,8 +18,9 @@ class ModelRunner final : public Runner {
     if (!s.adapter.empty()) desc_ += " + LoRA r=" + std::to_string(lora_.r);
   }
   generate::GenerateResult generate(const std::vector<std::vector<int32_t>>& prompts,
-                                    const generate::GenerateOptions& o) const override {
-    return generate::generate(model_, prompts, o);
+                                    const generate::GenerateOptions& o, int64_t slots,
+                                    const generate::DoneCallback& on_done) const override {
+    return generate::generate_continuous(model_, prompts, o, slots, on_done);
   }
   std::string describe() const override { return desc_; }
 

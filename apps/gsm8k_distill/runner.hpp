@@ -21,9 +21,11 @@ struct ModelSpec {
 class Runner {
  public:
   virtual ~Runner() = default;
-  // Batched generation (see generate::generate); one call decodes all prompts together.
+  // Continuous batching (generate::generate_continuous): at most `slots` prompts decode together, a finished one
+  // is replaced by the next; on_done(i, generation) as each prompt finishes.
   virtual generate::GenerateResult generate(const std::vector<std::vector<int32_t>>& prompts,
-                                            const generate::GenerateOptions& o) const = 0;
+                                            const generate::GenerateOptions& o, int64_t slots,
+                                            const generate::DoneCallback& on_done = {}) const = 0;
   virtual std::string describe() const = 0;  // e.g. "Gemma3 f32 NF4 + LoRA r=32"
 };
 

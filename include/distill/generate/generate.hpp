@@ -1,6 +1,7 @@
-// Batched generation over a KV cache: greedy or sampled (temperature -> top-k -> top-p -> min-p, seeded), several
-// stop ids, max new tokens, rows that finish at different times (a finished row leaves the batch, so it costs
-// nothing afterwards), and a callback per token as it is produced (streaming).
+// Batched generation over a KV cache (generate), and continuous batching over a fixed number of cache rows
+// (generate_continuous: finished sequences are replaced by waiting prompts): greedy or sampled (temperature -> top-k ->
+// top-p -> min-p, seeded), several stop ids, max new tokens, rows that finish at different times (a finished row leaves
+// the batch, so it costs nothing afterwards), and a callback per token as it is produced (streaming).
 //
 //   auto r = generate::generate(model, {prompt_ids}, {.max_new_tokens = 256}, [&](size_t row, int32_t tok) {...});
 //
@@ -144,6 +145,123 @@ GenerateResult generate(const Model& m, const std::vector<std::vector<int32_t>>&
     active = take(m.step(cache, ids, active), active);
   }
   res.stats.decode_seconds = std::chrono::duration<double>(clock::now() - t1).count();
+  return res;
+}
+
+// Continuous batching: at most `slots` prompts decode together; when one finishes, the next waiting prompt takes its
+// KV-cache row (reset, then prefilled with the other newcomers of that step), so the batch stays full however much
+// the lengths differ, and the cache holds `slots` rows of (longest prompt + max_new_tokens) positions, not one row
+// per prompt. Results are in prompt order; `on_done(i, generation)` is called as each prompt finishes (e.g. to
+// stream records to a file). Prompt i samples with seed + i, as generate() seeds row i, so with the same prompts
+// the two agree (greedy: the same tokens, up to float rounding differences between batch shapes).
+using DoneCallback = std::function<void(size_t prompt, const Generation& g)>;
+
+template <class Model>
+GenerateResult generate_continuous(const Model& m, const std::vector<std::vector<int32_t>>& prompts,
+                                   const GenerateOptions& o, int64_t slots, const DoneCallback& on_done = {}) {
+  using clock = std::chrono::steady_clock;
+  o.sampling.validate();
+  DISTILL_CHECK(o.max_new_tokens >= 0, "generate: max_new_tokens must be >= 0, got ", o.max_new_tokens);
+  DISTILL_CHECK(slots >= 1, "generate_continuous: slots must be >= 1, got ", slots);
+  const size_t P = prompts.size();
+  GenerateResult res;
+  res.rows.resize(P);
+  if (P == 0) return res;
+  int64_t Tmax = 0;
+  for (size_t i = 0; i < P; ++i) {
+    DISTILL_CHECK(!prompts[i].empty(), "generate: prompt ", i, " is empty");
+    Tmax = std::max<int64_t>(Tmax, static_cast<int64_t>(prompts[i].size()));
+    res.stats.prompt_tokens += static_cast<int64_t>(prompts[i].size());
+  }
+  const int64_t ctx = m.dims().max_positions;
+  if (ctx > 0 && Tmax + o.max_new_tokens > ctx)
+    throw Error("generate: a prompt of " + std::to_string(Tmax) + " tokens plus max_new_tokens " +
+                std::to_string(o.max_new_tokens) + " exceeds the model's context of " + std::to_string(ctx) +
+                " positions (max_position_embeddings)");
+  if (o.max_new_tokens == 0) {
+    if (on_done)
+      for (size_t i = 0; i < P; ++i) on_done(i, res.rows[i]);
+    return res;
+  }
+  const std::vector<int64_t>& stops = o.stop_ids.empty() ? m.dims().eos_token_ids : o.stop_ids;
+  auto is_stop = [&](int32_t t) { return !o.ignore_stop && std::find(stops.begin(), stops.end(), t) != stops.end(); };
+  const int64_t S = std::min<int64_t>(slots, static_cast<int64_t>(P));
+  auto cache = m.make_cache(S, Tmax + o.max_new_tokens);
+  using T = typename Model::value_type;
+  const int64_t V = m.dims().vocab;
+  std::vector<int64_t> owner(static_cast<size_t>(S), -1);  // the prompt in each cache row
+  std::vector<Sampler> samplers;
+  samplers.reserve(P);
+  for (size_t i = 0; i < P; ++i) {
+    SamplingParams sp = o.sampling;
+    sp.seed = o.sampling.seed + i;
+    samplers.emplace_back(sp);
+  }
+  size_t next = 0;
+  double prefill_s = 0, decode_s = 0;
+  // One token for each listed cache row from logits [A, V]; frees the rows whose prompt finished.
+  auto take = [&](const auto& logits, const std::vector<int64_t>& rows) {
+    Tensor<float> l;
+    if constexpr (std::is_same_v<T, float>)
+      l = logits.template to<Cpu>();
+    else
+      l = logits.template cast<float>().template to<Cpu>();
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const size_t r = static_cast<size_t>(rows[i]);
+      const size_t q = static_cast<size_t>(owner[r]);
+      const int32_t tok = static_cast<int32_t>(samplers[q].next(std::span<const float>(l.data() + i * V, V)));
+      Generation& g = res.rows[q];
+      g.tokens.push_back(tok);
+      ++res.stats.new_tokens;
+      const bool stop = is_stop(tok), full = static_cast<int64_t>(g.tokens.size()) >= o.max_new_tokens;
+      if (stop || full) {
+        g.finish = stop ? Finish::Stop : Finish::Length;
+        owner[r] = -1;
+        if (on_done) on_done(q, g);
+      }
+    }
+  };
+  for (;;) {
+    // Refill: waiting prompts take the free rows, prefilled together.
+    std::vector<int64_t> fresh;
+    for (int64_t r = 0; r < S && next < P; ++r)
+      if (owner[static_cast<size_t>(r)] < 0) {
+        owner[static_cast<size_t>(r)] = static_cast<int64_t>(next++);
+        cache.reset(r);
+        fresh.push_back(r);
+      }
+    if (!fresh.empty()) {
+      const auto t0 = clock::now();
+      int64_t T = 0;
+      for (int64_t r : fresh)
+        T = std::max<int64_t>(T,
+                              static_cast<int64_t>(prompts[static_cast<size_t>(owner[static_cast<size_t>(r)])].size()));
+      auto ids = Tensor<int32_t>::zeros({static_cast<int64_t>(fresh.size()), T});
+      std::vector<int64_t> n(fresh.size());
+      for (size_t i = 0; i < fresh.size(); ++i) {
+        const auto& pr = prompts[static_cast<size_t>(owner[static_cast<size_t>(fresh[i])])];
+        n[i] = static_cast<int64_t>(pr.size());
+        std::copy(pr.begin(), pr.end(), ids.data() + static_cast<int64_t>(i) * T);
+      }
+      take(m.step(cache, ids, fresh, n), fresh);
+      prefill_s += std::chrono::duration<double>(clock::now() - t0).count();
+    }
+    std::vector<int64_t> active;
+    for (int64_t r = 0; r < S; ++r)
+      if (owner[static_cast<size_t>(r)] >= 0) active.push_back(r);
+    if (active.empty()) {
+      if (next >= P) break;
+      continue;  // every newcomer finished on its first token: refill again
+    }
+    const auto t0 = clock::now();
+    auto ids = Tensor<int32_t>::empty({static_cast<int64_t>(active.size()), 1});
+    for (size_t i = 0; i < active.size(); ++i)
+      ids.data()[i] = res.rows[static_cast<size_t>(owner[static_cast<size_t>(active[i])])].tokens.back();
+    take(m.step(cache, ids, active), active);
+    decode_s += std::chrono::duration<double>(clock::now() - t0).count();
+  }
+  res.stats.prefill_seconds = prefill_s;
+  res.stats.decode_seconds = decode_s;
   return res;
 }
 
