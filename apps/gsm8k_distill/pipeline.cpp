@@ -225,7 +225,18 @@ GenerateSummary run_generate(const GenerateOpts& o, std::ostream& err) {
 }
 
 // Reads one trace file (generate's records) or accepted file ({"question", "answer"}) into accepted examples.
-static int64_t collect_accepted(const std::string& path, bool strict, std::string& out_lines,
+// Accepted examples keyed by id: written sorted by id (the input order within a file), so the training data does
+// not depend on the order in which traces finished.
+using Accepted = std::vector<std::pair<std::string, std::string>>;
+
+static std::string accepted_lines(Accepted a) {
+  std::stable_sort(a.begin(), a.end(), [](const auto& x, const auto& y) { return x.first < y.first; });
+  std::string s;
+  for (const auto& [id, line] : a) s += line;
+  return s;
+}
+
+static int64_t collect_accepted(const std::string& path, bool strict, Accepted& out_lines,
                                 std::map<std::string, int64_t>& rejected, std::ostream& err) {
   data::JsonlReader r(path);
   int64_t n = 0;
@@ -241,11 +252,13 @@ static int64_t collect_accepted(const std::string& path, bool strict, std::strin
           ++rejected[v.reason.substr(0, v.reason.find(':'))];
           continue;
         }
-        out_lines += nlohmann::json{{"id", rec.id}, {"question", rec.question}, {"answer", v.text}}.dump() + "\n";
+        out_lines.emplace_back(
+            rec.id, nlohmann::json{{"id", rec.id}, {"question", rec.question}, {"answer", v.text}}.dump() + "\n");
       } else {
         const std::string& q = r.string_field(j, "question");
         const std::string& a = r.string_field(j, "answer");
-        out_lines += nlohmann::json{{"id", j.value("id", r.where())}, {"question", q}, {"answer", a}}.dump() + "\n";
+        const std::string id = j.value("id", r.where());
+        out_lines.emplace_back(id, nlohmann::json{{"id", id}, {"question", q}, {"answer", a}}.dump() + "\n");
       }
       ++n;
     } catch (const Error& e) {
@@ -264,10 +277,10 @@ static std::string rejected_summary(const std::map<std::string, int64_t>& reject
 }
 
 int64_t write_accepted(const std::string& traces, const std::string& accepted, bool strict, std::ostream& err) {
-  std::string lines;
+  Accepted lines;
   std::map<std::string, int64_t> rejected;
   const int64_t n = collect_accepted(traces, strict, lines, rejected, err);
-  io::atomic_write(accepted, lines);
+  io::atomic_write(accepted, accepted_lines(std::move(lines)));
   int64_t nrej = 0;
   for (const auto& kv : rejected) nrej += kv.second;
   err << "[gsm8k_distill] " << n << " of " << n + nrej << " traces accepted -> " << accepted
@@ -280,7 +293,7 @@ int64_t write_accepted(const std::string& traces, const std::string& accepted, b
 void run_gsm8k_train(TrainOpts o, std::ostream& log, std::ostream& err) {
   DISTILL_CHECK(!o.out.empty(), "train: --out DIR is required");
   if (o.traces.empty()) o.traces = {"traces.jsonl"};
-  std::string lines;
+  Accepted lines;
   std::map<std::string, int64_t> rejected;
   int64_t n = 0;
   for (const auto& t : o.traces) {
@@ -295,7 +308,7 @@ void run_gsm8k_train(TrainOpts o, std::ostream& log, std::ostream& err) {
   // Under mpirun every process reads the same traces; each writes its own copy of the examples (same bytes).
   const app::mpi::World mw = app::mpi::world();
   o.data = (fs::path(o.out) / ("train_data" + Shard{mw.rank, mw.size}.suffix() + ".jsonl")).string();
-  io::atomic_write(o.data, lines);
+  io::atomic_write(o.data, accepted_lines(std::move(lines)));
   if (!o.quiet && mw.rank == 0)
     err << "[gsm8k_distill] " << n << " accepted traces"
         << (rejected.empty() ? std::string() : " (rejected: " + rejected_summary(rejected) + ")") << " -> " << o.data
