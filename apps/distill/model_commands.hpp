@@ -72,7 +72,7 @@ inline std::vector<int32_t> parse_id_list(const std::string& s) {
 // Streams the generated text (or ids, with --prompt-ids) to `out`, then one stats line to `err`.
 inline generate::GenerateStats run_generate(const GenerateCmd& o, std::istream& in, std::ostream& out,
                                             std::ostream& err) {
-  detail::set_threads(o.threads);
+  set_max_threads(o.threads);
   generate::GenerateStats stats;
   detail::with_model_type(o, [&]<models::TransformerSpec Spec, class T>() {
     const auto load0 = std::chrono::steady_clock::now();
@@ -147,7 +147,7 @@ inline generate::GenerateStats run_generate(const GenerateCmd& o, std::istream& 
 // stdin: one JSON array of ids, or an array of arrays (a batch; ragged rows are right-padded and masked).
 // stdout: {"shape": [B, T, V] or [T, V], "logits": nested arrays} (--last: [B, V] / [V]).
 inline void run_logits(const LogitsCmd& o, std::istream& in, std::ostream& out) {
-  detail::set_threads(o.threads);
+  set_max_threads(o.threads);
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(in);

@@ -20,14 +20,6 @@ struct ModelOptions {
 
 namespace detail {
 
-inline void set_threads(int n) {
-#if defined(_OPENMP)
-  if (n > 0) omp_set_num_threads(n);
-#else
-  (void)n;
-#endif
-}
-
 // Calls fn.template operator()<Spec, T>() for the checkpoint's family and the requested dtype.
 template <class F>
 void with_model_type(const ModelOptions& o, F&& fn) {

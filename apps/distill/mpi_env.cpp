@@ -52,8 +52,10 @@ bool available() {
 #endif
 }
 
+World launched() { return {env_int("OMPI_COMM_WORLD_RANK", "PMI_RANK"), env_int("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")}; }
+
 World world() {
-  const int size = env_int("OMPI_COMM_WORLD_SIZE", "PMI_SIZE");
+  const int size = launched().size;
   if (size <= 1) return {};
 #if defined(DISTILL_WITH_MPI)
   return session().w;

@@ -10,6 +10,9 @@ struct World {
   int rank = 0, size = 1;
 };
 
+// The rank and size the launcher (mpirun/mpiexec) put in the environment (OpenMPI's or PMI's variables), without
+// starting MPI; -1 for what is not set. generate shards by these alone.
+World launched();
 // Initializes MPI on first use when launched with more than one process (MPI_Finalize runs at exit).
 World world();
 void allreduce_sum(std::span<float> v);

@@ -83,7 +83,7 @@ inline std::vector<data::SftExample> read_examples(const std::string& path, cons
 }  // namespace detail
 
 void run_train(const TrainCmd& o, std::ostream& log, std::ostream& err) {
-  detail::set_threads(o.threads);
+  set_max_threads(o.threads);
   DISTILL_CHECK(!o.out.empty(), "train: --out DIR is required");
   detail::with_model_type(o, [&]<models::TransformerSpec Spec, class T>() {
     models::LoadOptions lo;

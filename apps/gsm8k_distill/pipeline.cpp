@@ -24,14 +24,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-void set_threads(int n) {
-#if defined(_OPENMP)
-  if (n > 0) omp_set_num_threads(n);
-#else
-  (void)n;
-#endif
-}
-
 std::string stem_of(const std::string& path) {
   std::string s = fs::path(path).filename().string();
   if (s.size() > 6 && s.ends_with(".jsonl")) s.resize(s.size() - 6);
@@ -43,12 +35,6 @@ std::string with_suffix(const std::string& path, const std::string& suffix) {
   if (suffix.empty()) return path;
   if (path.ends_with(".jsonl")) return path.substr(0, path.size() - 6) + suffix + ".jsonl";
   return path + suffix;
-}
-
-int env_int(const char* a, const char* b) {
-  for (const char* k : {a, b})
-    if (const char* v = std::getenv(k); v && *v) return std::atoi(v);
-  return -1;
 }
 
 std::string fmt(const char* f, double a, double b = 0, double c = 0) {
@@ -89,6 +75,27 @@ std::vector<nlohmann::json> resume_records(const std::string& path, std::unorder
   return recs;
 }
 
+// Calls fn(record, reader) for each line of a JSONL file. A line that is not JSON, or that fn refuses by throwing
+// distill::Error, is reported on `err` with its line number and skipped — or rethrown when strict. Returns the
+// number of lines skipped.
+template <class F>
+int64_t for_each_record_lenient(const std::string& path, bool strict, std::ostream& err, F&& fn) {
+  data::JsonlReader r(path);
+  int64_t skipped = 0;
+  for (;;) {
+    nlohmann::json j;
+    try {
+      if (!r.next(j)) break;
+      fn(j, static_cast<const data::JsonlReader&>(r));
+    } catch (const Error& e) {
+      if (strict) throw;
+      ++skipped;
+      err << "[gsm8k_distill] warning: " << e.what() << " (line skipped; --strict makes this fatal)\n";
+    }
+  }
+  return skipped;
+}
+
 // Tests: DISTILL_TEST_KILL_AT=<stage> makes the process die at that stage like kill -9, leaving a torn record at the
 // end of `file` as a write cut short would.
 void test_kill_point(const std::string& stage, const std::string& file) {
@@ -106,25 +113,16 @@ void test_kill_point(const std::string& stage, const std::string& file) {
 std::vector<Question> load_questions(const std::string& path, bool strict, std::ostream& err) {
   DISTILL_CHECK(!path.empty(), "no data file given (--data FILE.jsonl, one {\"question\", \"answer\"} per line)");
   DISTILL_CHECK(fs::is_regular_file(path), path, ": no such file");
-  data::JsonlReader r(path);
   std::vector<Question> out;
   const std::string stem = stem_of(path);
-  int64_t skipped = 0;
-  for (;;) {
-    nlohmann::json j;
-    try {
-      if (!r.next(j)) break;
-      const std::string& q = r.string_field(j, "question");
-      const std::string& a = r.string_field(j, "answer");
-      char id[32];
-      std::snprintf(id, sizeof id, "-%05lld", static_cast<long long>(r.line_number()));
-      out.push_back({stem + id, q, a});
-    } catch (const Error& e) {
-      if (strict) throw;
-      ++skipped;
-      err << "[gsm8k_distill] warning: " << e.what() << " (line skipped; --strict makes this fatal)\n";
-    }
-  }
+  const int64_t skipped =
+      for_each_record_lenient(path, strict, err, [&](const nlohmann::json& j, const data::JsonlReader& r) {
+        const std::string& q = r.string_field(j, "question");
+        const std::string& a = r.string_field(j, "answer");
+        char id[32];
+        std::snprintf(id, sizeof id, "-%05lld", static_cast<long long>(r.line_number()));
+        out.push_back({stem + id, q, a});
+      });
   if (out.empty())
     throw Error(path + ": no usable {\"question\", \"answer\"} records" +
                 (skipped ? " (" + std::to_string(skipped) + " malformed lines skipped)" : std::string()));
@@ -133,8 +131,9 @@ std::vector<Question> load_questions(const std::string& path, bool strict, std::
 
 Shard Shard::from_env(int rank_flag, int world_flag) {
   Shard s;
-  s.rank = rank_flag >= 0 ? rank_flag : env_int("OMPI_COMM_WORLD_RANK", "PMI_RANK");
-  s.world = world_flag >= 0 ? world_flag : env_int("OMPI_COMM_WORLD_SIZE", "PMI_SIZE");
+  const app::mpi::World env = app::mpi::launched();
+  s.rank = rank_flag >= 0 ? rank_flag : env.rank;
+  s.world = world_flag >= 0 ? world_flag : env.size;
   if (s.rank < 0) s.rank = 0;
   if (s.world < 1) s.world = 1;
   DISTILL_CHECK(s.rank < s.world, "rank ", s.rank, " is not below the world size ", s.world);
@@ -152,7 +151,7 @@ std::string accepted_path(const std::string& traces) {
 // ---------------------------------------------------------------------------------------------------- generate
 
 GenerateSummary run_generate(const GenerateOpts& o, std::ostream& err) {
-  set_threads(o.threads);
+  set_max_threads(o.threads);
   DISTILL_CHECK(o.batch_size >= 1, "--batch-size must be >= 1");
   DISTILL_CHECK(o.max_new_tokens >= 1, "--max-new-tokens must be >= 1");
   const auto t0 = std::chrono::steady_clock::now();
@@ -238,35 +237,28 @@ static std::string accepted_lines(Accepted a) {
 
 static int64_t collect_accepted(const std::string& path, bool strict, Accepted& out_lines,
                                 std::map<std::string, int64_t>& rejected, std::ostream& err) {
-  data::JsonlReader r(path);
   int64_t n = 0;
-  for (;;) {
-    nlohmann::json j;
-    try {
-      if (!r.next(j)) break;
-      if (j.contains("response")) {
-        auto rec = data::TraceRecord::from_json(j, r.where());
-        rec.response = strip_thinking(rec.response);
-        const auto v = data::filter_trace(rec);
-        if (!v.accepted) {
-          ++rejected[v.reason.substr(0, v.reason.find(':'))];
-          continue;
+  const int64_t skipped =
+      for_each_record_lenient(path, strict, err, [&](const nlohmann::json& j, const data::JsonlReader& r) {
+        if (j.contains("response")) {
+          auto rec = data::TraceRecord::from_json(j, r.where());
+          rec.response = strip_thinking(rec.response);
+          const auto v = data::filter_trace(rec);
+          if (!v.accepted) {
+            ++rejected[v.reason.substr(0, v.reason.find(':'))];
+            return;
+          }
+          out_lines.emplace_back(
+              rec.id, nlohmann::json{{"id", rec.id}, {"question", rec.question}, {"answer", v.text}}.dump() + "\n");
+        } else {
+          const std::string& q = r.string_field(j, "question");
+          const std::string& a = r.string_field(j, "answer");
+          const std::string id = j.value("id", r.where());
+          out_lines.emplace_back(id, nlohmann::json{{"id", id}, {"question", q}, {"answer", a}}.dump() + "\n");
         }
-        out_lines.emplace_back(
-            rec.id, nlohmann::json{{"id", rec.id}, {"question", rec.question}, {"answer", v.text}}.dump() + "\n");
-      } else {
-        const std::string& q = r.string_field(j, "question");
-        const std::string& a = r.string_field(j, "answer");
-        const std::string id = j.value("id", r.where());
-        out_lines.emplace_back(id, nlohmann::json{{"id", id}, {"question", q}, {"answer", a}}.dump() + "\n");
-      }
-      ++n;
-    } catch (const Error& e) {
-      if (strict) throw;
-      ++rejected["malformed line"];
-      err << "[gsm8k_distill] warning: " << e.what() << " (line skipped; --strict makes this fatal)\n";
-    }
-  }
+        ++n;
+      });
+  if (skipped > 0) rejected["malformed line"] += skipped;
   return n;
 }
 
@@ -409,7 +401,7 @@ void print_eval_table(const std::vector<EvalSummary>& rows, std::ostream& out) {
 }
 
 std::vector<EvalSummary> run_eval(const EvalOpts& o, std::ostream& out, std::ostream& err) {
-  set_threads(o.threads);
+  set_max_threads(o.threads);
   DISTILL_CHECK(o.batch_size >= 1, "--batch-size must be >= 1");
   const std::string dir = io::resolve_model_dir(o.model);
   std::vector<Question> qs = load_questions(o.data, o.strict, err);
@@ -488,7 +480,7 @@ void print_side_by_side(const std::string& lt, const std::string& left, const st
 }
 
 void run_ask(const AskOpts& o, std::ostream& out) {
-  set_threads(o.threads);
+  set_max_threads(o.threads);
   DISTILL_CHECK(!o.question.empty(), "ask: give the question as an argument");
   DISTILL_CHECK(!o.adapter.empty(), "ask: --adapter DIR (the distilled student) is required");
   const std::string dir = io::resolve_model_dir(o.model);

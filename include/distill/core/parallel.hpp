@@ -17,6 +17,15 @@ inline int max_threads() {
 #endif
 }
 
+// The threads later parallel regions use: n > 0 sets it (the tools' --threads), 0 keeps OpenMP's default.
+inline void set_max_threads(int n) {
+#if defined(_OPENMP)
+  if (n > 0) omp_set_num_threads(n);
+#else
+  (void)n;
+#endif
+}
+
 // fn(begin, end) is called on disjoint ranges covering [0, n).
 template <class F>
 inline void parallel_for(int64_t n, int64_t grain, F&& fn) {

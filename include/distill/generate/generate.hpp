@@ -60,6 +60,55 @@ struct GenerateResult {
 
 using TokenCallback = std::function<void(size_t row, int32_t token)>;
 
+namespace detail {
+
+// What generate() and generate_continuous() check and set up alike, for a non-empty list of prompts: every prompt
+// non-empty and, with max_new_tokens, inside the model's context; the prompt tokens counted into `stats`; one sampler
+// per prompt, prompt i seeded seed + i; the stop test (the model's eos ids unless stop_ids are given).
+struct GenerationSetup {
+  int64_t longest = 0;  // tokens of the longest prompt
+  std::vector<Sampler> samplers;
+  std::vector<int64_t> stops;
+  bool ignore_stop = false;
+  bool is_stop(int32_t t) const { return !ignore_stop && std::find(stops.begin(), stops.end(), t) != stops.end(); }
+};
+
+template <class Model>
+GenerationSetup setup_generation(const Model& m, const std::vector<std::vector<int32_t>>& prompts,
+                                 const GenerateOptions& o, GenerateStats& stats) {
+  GenerationSetup s;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    DISTILL_CHECK(!prompts[i].empty(), "generate: prompt ", i, " is empty");
+    s.longest = std::max<int64_t>(s.longest, static_cast<int64_t>(prompts[i].size()));
+    stats.prompt_tokens += static_cast<int64_t>(prompts[i].size());
+  }
+  const int64_t ctx = m.dims().max_positions;
+  if (ctx > 0 && s.longest + o.max_new_tokens > ctx)
+    throw Error("generate: a prompt of " + std::to_string(s.longest) + " tokens plus max_new_tokens " +
+                std::to_string(o.max_new_tokens) + " exceeds the model's context of " + std::to_string(ctx) +
+                " positions (max_position_embeddings)");
+  s.samplers.reserve(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    SamplingParams p = o.sampling;
+    p.seed = o.sampling.seed + i;
+    s.samplers.emplace_back(p);
+  }
+  s.stops = o.stop_ids.empty() ? m.dims().eos_token_ids : o.stop_ids;
+  s.ignore_stop = o.ignore_stop;
+  return s;
+}
+
+// Logits [rows, V] of any dtype and device as f32 on the host, for the samplers.
+template <class T, class D>
+Tensor<float> host_logits(const Tensor<T, D>& logits) {
+  if constexpr (std::is_same_v<T, float>)
+    return logits.template to<Cpu>();
+  else
+    return logits.template cast<float>().template to<Cpu>();
+}
+
+}  // namespace detail
+
 // Generates for every prompt (token ids). Model: a models::Transformer (make_cache, step, dims).
 template <class Model>
 GenerateResult generate(const Model& m, const std::vector<std::vector<int32_t>>& prompts, const GenerateOptions& o,
@@ -71,50 +120,25 @@ GenerateResult generate(const Model& m, const std::vector<std::vector<int32_t>>&
   GenerateResult res;
   res.rows.resize(B);
   if (B == 0) return res;
-  int64_t Tmax = 0;
-  for (size_t i = 0; i < B; ++i) {
-    DISTILL_CHECK(!prompts[i].empty(), "generate: prompt ", i, " is empty");
-    Tmax = std::max<int64_t>(Tmax, static_cast<int64_t>(prompts[i].size()));
-    res.stats.prompt_tokens += static_cast<int64_t>(prompts[i].size());
-  }
-  const int64_t ctx = m.dims().max_positions;
-  if (ctx > 0 && Tmax + o.max_new_tokens > ctx)
-    throw Error("generate: a prompt of " + std::to_string(Tmax) + " tokens plus max_new_tokens " +
-                std::to_string(o.max_new_tokens) + " exceeds the model's context of " + std::to_string(ctx) +
-                " positions (max_position_embeddings)");
+  detail::GenerationSetup setup = detail::setup_generation(m, prompts, o, res.stats);
+  const int64_t Tmax = setup.longest;
   if (o.max_new_tokens == 0) return res;
-  const std::vector<int64_t>& stops = o.stop_ids.empty() ? m.dims().eos_token_ids : o.stop_ids;
-  auto is_stop = [&](int32_t t) { return !o.ignore_stop && std::find(stops.begin(), stops.end(), t) != stops.end(); };
-
-  std::vector<Sampler> samplers;
-  samplers.reserve(B);
-  for (size_t i = 0; i < B; ++i) {
-    SamplingParams p = o.sampling;
-    p.seed = o.sampling.seed + i;
-    samplers.emplace_back(p);
-  }
   auto cache = m.make_cache(static_cast<int64_t>(B), Tmax + o.max_new_tokens);
-  using T = typename Model::value_type;
-  using D = typename Model::device_type;
   const int64_t V = m.dims().vocab;
 
   // One sampled token per active row from logits [A, V]; returns the rows still active afterwards.
   std::vector<int64_t> active;
-  auto take = [&](const Tensor<T, D>& logits, const std::vector<int64_t>& rows) {
-    Tensor<float> l;
-    if constexpr (std::is_same_v<T, float>)
-      l = logits.template to<Cpu>();
-    else
-      l = logits.template cast<float>().template to<Cpu>();
+  auto take = [&](const auto& logits, const std::vector<int64_t>& rows) {
+    const Tensor<float> l = detail::host_logits(logits);
     std::vector<int64_t> still;
     for (size_t i = 0; i < rows.size(); ++i) {
       const size_t r = static_cast<size_t>(rows[i]);
-      const int32_t tok = static_cast<int32_t>(samplers[r].next(std::span<const float>(l.data() + i * V, V)));
+      const int32_t tok = static_cast<int32_t>(setup.samplers[r].next(std::span<const float>(l.data() + i * V, V)));
       Generation& g = res.rows[r];
       g.tokens.push_back(tok);
       ++res.stats.new_tokens;
       if (on_token) on_token(r, tok);
-      if (is_stop(tok))
+      if (setup.is_stop(tok))
         g.finish = Finish::Stop;
       else if (static_cast<int64_t>(g.tokens.size()) >= o.max_new_tokens)
         g.finish = Finish::Length;
@@ -167,53 +191,29 @@ GenerateResult generate_continuous(const Model& m, const std::vector<std::vector
   GenerateResult res;
   res.rows.resize(P);
   if (P == 0) return res;
-  int64_t Tmax = 0;
-  for (size_t i = 0; i < P; ++i) {
-    DISTILL_CHECK(!prompts[i].empty(), "generate: prompt ", i, " is empty");
-    Tmax = std::max<int64_t>(Tmax, static_cast<int64_t>(prompts[i].size()));
-    res.stats.prompt_tokens += static_cast<int64_t>(prompts[i].size());
-  }
-  const int64_t ctx = m.dims().max_positions;
-  if (ctx > 0 && Tmax + o.max_new_tokens > ctx)
-    throw Error("generate: a prompt of " + std::to_string(Tmax) + " tokens plus max_new_tokens " +
-                std::to_string(o.max_new_tokens) + " exceeds the model's context of " + std::to_string(ctx) +
-                " positions (max_position_embeddings)");
+  detail::GenerationSetup setup = detail::setup_generation(m, prompts, o, res.stats);
   if (o.max_new_tokens == 0) {
     if (on_done)
       for (size_t i = 0; i < P; ++i) on_done(i, res.rows[i]);
     return res;
   }
-  const std::vector<int64_t>& stops = o.stop_ids.empty() ? m.dims().eos_token_ids : o.stop_ids;
-  auto is_stop = [&](int32_t t) { return !o.ignore_stop && std::find(stops.begin(), stops.end(), t) != stops.end(); };
   const int64_t S = std::min<int64_t>(slots, static_cast<int64_t>(P));
-  auto cache = m.make_cache(S, Tmax + o.max_new_tokens);
-  using T = typename Model::value_type;
+  auto cache = m.make_cache(S, setup.longest + o.max_new_tokens);
   const int64_t V = m.dims().vocab;
   std::vector<int64_t> owner(static_cast<size_t>(S), -1);  // the prompt in each cache row
-  std::vector<Sampler> samplers;
-  samplers.reserve(P);
-  for (size_t i = 0; i < P; ++i) {
-    SamplingParams sp = o.sampling;
-    sp.seed = o.sampling.seed + i;
-    samplers.emplace_back(sp);
-  }
   size_t next = 0;
   double prefill_s = 0, decode_s = 0;
   // One token for each listed cache row from logits [A, V]; frees the rows whose prompt finished.
   auto take = [&](const auto& logits, const std::vector<int64_t>& rows) {
-    Tensor<float> l;
-    if constexpr (std::is_same_v<T, float>)
-      l = logits.template to<Cpu>();
-    else
-      l = logits.template cast<float>().template to<Cpu>();
+    const Tensor<float> l = detail::host_logits(logits);
     for (size_t i = 0; i < rows.size(); ++i) {
       const size_t r = static_cast<size_t>(rows[i]);
       const size_t q = static_cast<size_t>(owner[r]);
-      const int32_t tok = static_cast<int32_t>(samplers[q].next(std::span<const float>(l.data() + i * V, V)));
+      const int32_t tok = static_cast<int32_t>(setup.samplers[q].next(std::span<const float>(l.data() + i * V, V)));
       Generation& g = res.rows[q];
       g.tokens.push_back(tok);
       ++res.stats.new_tokens;
-      const bool stop = is_stop(tok), full = static_cast<int64_t>(g.tokens.size()) >= o.max_new_tokens;
+      const bool stop = setup.is_stop(tok), full = static_cast<int64_t>(g.tokens.size()) >= o.max_new_tokens;
       if (stop || full) {
         g.finish = stop ? Finish::Stop : Finish::Length;
         owner[r] = -1;
