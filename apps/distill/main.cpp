@@ -180,6 +180,26 @@ int main(int argc, char** argv) {
   merge->add_option("--adapter,-a", mg.adapter, "PEFT adapter directory")->required();
   merge->add_option("--out,-o", mg.out, "Output directory")->required();
 
+  distill::app::RandomModelCmd rm;
+  auto* random_model = app.add_subcommand(
+      "random-model",
+      "A checkpoint with a real model's shapes and random bf16 weights (benchmarks without the real weights)");
+  auto* preset_opt = random_model
+                         ->add_option("--preset,-p", rm.preset,
+                                      "Built-in config.json: qwen3-4b-thinking-2507 (the teacher) or gemma-3-1b-it "
+                                      "(the student)")
+                         ->check(CLI::IsMember({"qwen3-4b-thinking-2507", "gemma-3-1b-it"}));
+  random_model->add_option("--config,-c", rm.config, "Any Qwen3/Gemma3 text config.json instead of a preset")
+      ->excludes(preset_opt);
+  random_model->add_option("--out,-o", rm.out, "Output directory")->required();
+  random_model->add_option("--tokenizer,-t", rm.tokenizer,
+                           "Directory whose tokenizer/generation files are copied beside the weights");
+  random_model->add_option("--seed", rm.seed, "Random seed")->default_val(0);
+  random_model->add_option("--std", rm.std, "Standard deviation of the projections and embeddings")->default_val(0.02);
+  random_model->add_option("--layers", rm.layers, "Fewer layers than the config (0: all)")->default_val(0);
+  random_model->add_option("--vocab", rm.vocab, "A smaller vocabulary than the config (0: the config's)")
+      ->default_val(0);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -200,6 +220,10 @@ int main(int argc, char** argv) {
     if (*train) distill::app::run_train(tr, std::cout, std::cerr);
     if (*quantize) distill::app::run_quantize(qz, std::cerr);
     if (*merge) distill::app::run_merge(mg, std::cerr);
+    if (*random_model) {
+      if (rm.preset.empty() && rm.config.empty()) throw distill::Error("random-model needs --preset or --config");
+      distill::app::run_random_model(rm, std::cerr);
+    }
     std::cout.flush();
     if (!std::cout) throw distill::Error("cannot write to stdout");
   } catch (const std::exception& e) {

@@ -7,6 +7,7 @@
 #pragma once
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <istream>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -19,12 +20,15 @@
 #include "distill/generate/generate.hpp"
 #include "distill/generate/text_stream.hpp"
 #include "distill/models/adapter.hpp"
+#include "distill/models/export.hpp"
 #include "distill/models/gemma3.hpp"
 #include "distill/models/qwen3.hpp"
+#include "distill/models/random.hpp"
 #include "distill/models/transformer.hpp"
 #include "distill/text/chat.hpp"
 #include "distill/text/tokenizer.hpp"
 #include "model_options.hpp"
+#include "progress.hpp"
 
 namespace distill::app {
 
@@ -214,6 +218,43 @@ inline void run_logits(const LogitsCmd& o, std::istream& in, std::ostream& out) 
     if (!single) out << ']';
     out << "}\n";
   });
+}
+
+// distill random-model: a checkpoint with a real model's shapes and random bf16 weights (models/random.hpp).
+struct RandomModelCmd {
+  std::string preset, config, out, tokenizer;
+  uint64_t seed = 0;
+  double std = 0.02;
+  int64_t layers = 0, vocab = 0;
+};
+
+inline int64_t run_random_model(const RandomModelCmd& o, std::ostream& log) {
+  nlohmann::json cfg;
+  if (!o.config.empty()) {
+    std::ifstream f(o.config);
+    if (!f) throw Error("cannot open --config " + o.config);
+    try {
+      cfg = nlohmann::json::parse(f);
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(o.config + ": not valid JSON (" + e.what() + ")");
+    }
+  } else {
+    cfg = models::preset_config(o.preset);
+  }
+  models::RandomModelOptions ro;
+  ro.seed = o.seed;
+  ro.std = o.std;
+  ro.layers = o.layers;
+  ro.vocab = o.vocab;
+  std::optional<ProgressBar> bar;
+  const int64_t n = models::write_random_checkpoint(cfg, o.out, ro, [&](int64_t done, int64_t total) {
+    if (!bar) bar.emplace(log, total, true);
+    bar->update(done, "shards");
+  });
+  if (!o.tokenizer.empty()) models::detail::copy_side_files(o.tokenizer, o.out);
+  log << "wrote " << o.out << ": " << n << " parameters (bf16, seed " << o.seed << ")"
+      << (o.tokenizer.empty() ? "; no tokenizer (--tokenizer DIR copies one)" : "") << "\n";
+  return n;
 }
 
 }  // namespace distill::app

@@ -8,6 +8,7 @@
 //
 // Rows are independent sequences (their own lengths); a row is reused for a new sequence after reset(row).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -62,5 +63,34 @@ class KvCache {
   std::vector<int64_t> len_;
   std::vector<Layer> layers_;
 };
+
+// Bytes one KvCache row holds for `max_len` positions with `elem_bytes`-byte elements: keys and values of every
+// layer, a sliding layer keeping at most its window (Gemma3's 512) -- what KvCache(d, rows, max_len) allocates
+// per row.
+inline int64_t kv_cache_row_bytes(const ModelDims& d, int64_t max_len, int64_t elem_bytes) {
+  int64_t positions = 0;
+  for (const LayerPlan& p : d.layer) positions += p.sliding ? std::min(p.window, max_len) : max_len;
+  return positions * 2 * d.kv_heads * d.head_dim * elem_bytes;
+}
+
+// How many rows a generation runs together when the KV cache is sized from free memory: the rows of `max_len`
+// positions that fit in `free_bytes` after `headroom_bytes` are set aside and with each row's decode-step
+// workspace (its f32 logits twice: the model's output and the sampler's copy), at most `max_rows`; 0 when not
+// even one row fits (the caller says how much memory one row needs).
+struct KvPlan {
+  int64_t rows = 0;
+  int64_t row_bytes = 0;      // KV cache per row
+  int64_t per_row_bytes = 0;  // KV cache + step workspace per row
+  int64_t budget_bytes = 0;   // free_bytes - headroom_bytes
+};
+inline KvPlan plan_kv_cache(const ModelDims& d, int64_t max_len, int64_t elem_bytes, int64_t free_bytes,
+                            int64_t max_rows, int64_t headroom_bytes = int64_t{1} << 30) {
+  KvPlan p;
+  p.row_bytes = kv_cache_row_bytes(d, max_len, elem_bytes);
+  p.per_row_bytes = p.row_bytes + 2 * d.vocab * static_cast<int64_t>(sizeof(float));
+  p.budget_bytes = std::max<int64_t>(0, free_bytes - headroom_bytes);
+  p.rows = std::min(max_rows, p.budget_bytes / p.per_row_bytes);
+  return p;
+}
 
 }  // namespace distill::models
