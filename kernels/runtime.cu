@@ -213,6 +213,13 @@ void empty_cache() {
 }
 
 // --- copies -----------------------------------------------------------------------------------------
+DeviceMemoryInfo device_memory_info() {
+  DeviceMemoryInfo m;
+  DISTILL_CHECK_CUDA(cudaMemGetInfo(&m.free_bytes, &m.total_bytes));
+  m.cached_bytes = memory_stats(-1).cached_bytes;
+  return m;
+}
+
 void memcpy_host_to_device(void* dst, const void* src, size_t bytes) {
   if (!bytes) return;
   DISTILL_CHECK_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, t_stream));

@@ -80,6 +80,59 @@ else
   say "PyTorch with CUDA not found: no SDPA comparison"
 fi
 
+# --- 4b. the recipe at real shapes on random weights (issue 9) -----------------------------------------------
+# Qwen3-4B-Thinking-2507 and gemma-3-1b-it shapes (distill random-model), the real tokenizers (staged, gzipped,
+# in .deps/tokenizers by scripts/stage_device_deps.sh) and GSM8K questions (.deps/gsm8k). Teacher decode on the
+# GPU at batch 1 (vs the bandwidth limit: weight + KV bytes per step over the measured copy bandwidth) and
+# batch 64; then generate -> train -> eval with small limits. The models go to /tmp, never to the log dir.
+APP=$B/apps/gsm8k_distill/gsm8k_distill
+DISTILL=$B/apps/distill/distill
+RND=${DISTILL_RANDOM_DIR:-/tmp/distill_random}
+if [ -x "$APP" ] && [ -d .deps/tokenizers ] && [ -f .deps/gsm8k/train.jsonl ]; then
+  mkdir -p "$RND/tok"
+  for m in qwen3 gemma3; do
+    mkdir -p "$RND/tok/$m"
+    for f in .deps/tokenizers/$m/*; do
+      case "$f" in *.gz) gunzip -c "$f" >"$RND/tok/$m/$(basename "$f" .gz)" ;; *) cp "$f" "$RND/tok/$m/" ;; esac
+    done
+  done
+  timeout 120 "$DISTILL" random-model --preset qwen3-4b-thinking-2507 --tokenizer "$RND/tok/qwen3" --out "$RND/teacher" \
+    >"$LOG/random_models.log" 2>&1 &&
+    timeout 60 "$DISTILL" random-model --preset gemma-3-1b-it --tokenizer "$RND/tok/gemma3" --out "$RND/student" \
+      >>"$LOG/random_models.log" 2>&1 || { say "random-model FAILED (random_models.log)"; status=1; }
+  say "random-weight models written"
+  gen() {  # gen <label> <batch> <questions> <max-new-tokens>
+    timeout 150 "$APP" generate --teacher "$RND/teacher" --device cuda:0 --dtype bf16 --data .deps/gsm8k/train.jsonl \
+      --limit "$3" --batch-size "$2" --max-new-tokens "$4" --greedy --out "$RND/$1.jsonl" >"$LOG/$1.log" 2>&1
+    local rc=$?
+    local tps=$(grep -oE '[0-9.]+ tok/s' "$LOG/$1.log" | tail -1 | cut -d' ' -f1)
+    echo "RESULT|teacher_decode|$1|${tps:-0}|tok/s|-|-" >>"$LOG/results.txt"
+    [ $rc -eq 0 ] || { say "generate $1 FAILED (exit $rc, $1.log)"; status=1; }
+  }
+  rm -f "$RND"/decode_*.jsonl*
+  gen decode_b1 1 1 256
+  gen decode_b64 64 64 256
+  say "teacher decode done"
+  # generate -> train -> eval on the random models (train learns GSM8K's own answers: random traces are all rejected).
+  head -32 .deps/gsm8k/train.jsonl >"$RND/gold.jsonl"
+  E2E0=$(date +%s)
+  rm -rf "$RND/e2e" && mkdir -p "$RND/e2e"
+  timeout 120 "$APP" generate --teacher "$RND/teacher" --device cuda:0 --dtype bf16 --data .deps/gsm8k/train.jsonl \
+    --limit 16 --batch-size 16 --max-new-tokens 128 --out "$RND/e2e/traces.jsonl" --quiet >"$LOG/e2e.log" 2>&1
+  e1=$?
+  timeout 240 "$APP" train --student "$RND/student" --traces "$RND/gold.jsonl" --out "$RND/e2e/run" --epochs 1 \
+    --max-steps 4 --batch-size 4 --grad-accum 1 --max-len 256 --quiet >>"$LOG/e2e.log" 2>&1
+  e2=$?
+  timeout 120 "$APP" eval --model "$RND/student" --device cuda:0 --dtype bf16 --data .deps/gsm8k/test.jsonl --limit 16 \
+    --max-new-tokens 64 --adapter none --adapter "$RND/e2e/run/adapter" --out "$RND/e2e/eval" --quiet >>"$LOG/e2e.log" 2>&1
+  e3=$?
+  echo "RESULT|gsm8k_distill_e2e|generate=$e1,train=$e2,eval=$e3|$(($(date +%s) - E2E0))|s|-|target < 300 s" >>"$LOG/results.txt"
+  [ "$e1$e2$e3" = "000" ] || { say "e2e FAILED (e2e.log)"; status=1; }
+  say "end-to-end done"
+else
+  say "no gsm8k_distill build or no staged tokenizers/GSM8K (.deps): skipping the real-shape pipeline"
+fi
+
 # --- 5. the table -------------------------------------------------------------------------------------
 {
   echo "## device_check on ${GPU:-?} (sm_${CC:-?}), $(date -u +%F), $(elapsed) s"
@@ -103,6 +156,18 @@ fi
         if (a[1] == "attn_fwdbwd" && (("torch_sdpa_fwdbwd|" a[2]) in v)) printf "attention fwd+bwd vs SDPA, %s: %.2fx (target 0.7x)\n", a[2], v[key] / v["torch_sdpa_fwdbwd|" a[2]];
       }
     }' "$LOG/results.txt" | sort
+  echo
+  # Teacher decode at batch 1 against the bandwidth limit: Qwen3-4B's 8,044,936,192 weight bytes plus the KV
+  # cache read per step (147,456 bytes per cached position; about 200 positions on average here) over the
+  # device-to-device copy bandwidth measured by gpu_elementwise (its CEILING line, GB/s).
+  awk -F'|' '$1 == "CEILING" && $2 ~ /copy|bandwidth/ { bw = $3 } $1 == "RESULT" && $2 == "teacher_decode" { t[$3] = $4 }
+    END {
+      if (bw > 0 && t["decode_b1"] > 0) {
+        lim = bw * 1e9 / (8044936192 + 200 * 147456);
+        printf "teacher decode batch 1: %.1f tok/s = %.0f%% of the bandwidth limit %.1f tok/s (target >= 80%%)\n", t["decode_b1"], 100 * t["decode_b1"] / lim, lim;
+      }
+      if (t["decode_b64"] > 0) printf "teacher decode batch 64: %.0f tok/s (HF generate: run tools/bench_generate.py where torch+CUDA exist)\n", t["decode_b64"];
+    }' "$LOG/results.txt"
   echo
   echo "| kernel | shape | value | unit | % of ceiling | ceiling |"
   echo "| --- | --- | ---: | --- | ---: | --- |"

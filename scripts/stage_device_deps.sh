@@ -52,3 +52,17 @@ CFG
 fi
 grep -qx '/.deps/' .git/info/exclude 2>/dev/null || echo '/.deps/' >> .git/info/exclude
 du -sh .deps
+# The real tokenizers (gzipped: the carry limit is 64 MiB) and a slice of GSM8K for device_check's real-shape
+# pipeline, from ../shared beside the checkout (git-ignored here, never committed).
+SH=../shared
+if [ -d $SH/tokenizers ] && [ -d $SH/data/gsm8k ]; then
+  for m in qwen3 gemma3; do
+    mkdir -p .deps/tokenizers/$m
+    gzip -9 -c $SH/tokenizers/$m/tokenizer.json >.deps/tokenizers/$m/tokenizer.json.gz
+    cp $SH/tokenizers/$m/tokenizer_config.json .deps/tokenizers/$m/
+  done
+  mkdir -p .deps/gsm8k
+  head -200 $SH/data/gsm8k/train.jsonl >.deps/gsm8k/train.jsonl
+  head -200 $SH/data/gsm8k/test.jsonl >.deps/gsm8k/test.jsonl
+fi
+du -sh .deps

@@ -12,6 +12,7 @@
 #include <iostream>
 
 #include "pipeline.hpp"
+#include "runner.hpp"
 
 namespace {
 
@@ -21,6 +22,20 @@ std::string model_help(const char* role, const char* def) {
          "~/.cache/huggingface/hub); default " +
          def;
 }
+
+constexpr const char* kDeviceHelp =
+    "cpu, cuda or cuda:N. On a GPU the model runs in bf16 (--dtype bf16) and the KV cache is sized from free "
+    "memory (fewer rows than --batch-size when they do not fit)";
+const CLI::Validator kDevice(
+    [](std::string& v) -> std::string {
+      try {
+        distill::gsm8k_app::parse_device(v);
+        return {};
+      } catch (const std::exception& e) {
+        return e.what();
+      }
+    },
+    "DEVICE");
 
 }  // namespace
 
@@ -53,6 +68,7 @@ int main(int argc, char** argv) {
   gen->add_option("--seed", g.seed, "Sampling seed (a question's seed does not depend on its batch)");
   gen->add_option("--system", g.system, "A system message before each question");
   gen->add_option("--dtype", g.dtype, "Compute dtype: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
+  gen->add_option("--device,--teacher-device", g.device, kDeviceHelp)->check(kDevice)->capture_default_str();
   gen->add_flag("--strict", g.strict,
                 "A malformed input line is fatal (default: reported with its line number, skipped)");
   gen->add_option("--rank", g.rank, "This process's shard (default: from mpirun's environment, else 0)");
@@ -119,6 +135,7 @@ int main(int argc, char** argv) {
   ev->add_flag("--load-in-4bit", e.load_in_4bit, "Quantize the base to NF4 on load (as the QLoRA student trains)");
   ev->add_option("--system", e.system, "A system message before each question");
   ev->add_option("--dtype", e.dtype, "Compute dtype: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
+  ev->add_option("--device,--student-device", e.device, kDeviceHelp)->check(kDevice)->capture_default_str();
   ev->add_flag("--strict", e.strict, "A malformed input line is fatal");
   ev->add_option("--threads,-j", e.threads, "CPU threads (0: all cores)");
   ev->add_flag("--quiet,-q", e.quiet, "No progress bar");
@@ -132,6 +149,7 @@ int main(int argc, char** argv) {
   ask->add_option("--max-new-tokens,-n", a.max_new_tokens, "Longest answer")->capture_default_str();
   ask->add_flag("--load-in-4bit", a.load_in_4bit, "Quantize the base to NF4 on load");
   ask->add_option("--dtype", a.dtype, "Compute dtype: f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
+  ask->add_option("--device,--student-device", a.device, kDeviceHelp)->check(kDevice)->capture_default_str();
   ask->add_option("--width", a.width, "Table width (default: $COLUMNS or 100)");
   ask->add_option("--threads,-j", a.threads, "CPU threads (0: all cores)");
 

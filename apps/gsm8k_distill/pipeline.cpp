@@ -180,7 +180,7 @@ GenerateSummary run_generate(const GenerateOpts& o, std::ostream& err) {
   if (!todo.empty()) {
     if (!o.quiet && s.done_before > 0)
       err << "[gsm8k_distill] resuming " << out << ": " << s.done_before << " of " << s.total << " already done\n";
-    const auto runner = load_runner({dir, "", o.dtype, false});
+    const auto runner = load_runner({dir, "", o.dtype, false, o.device});
     const ChatTokenizer ct = ChatTokenizer::load(dir);
     if (!o.quiet)
       err << "[gsm8k_distill] teacher " << runner->describe() << ": " << todo.size() << " questions"
@@ -414,7 +414,7 @@ std::vector<EvalSummary> run_eval(const EvalOpts& o, std::ostream& out, std::ost
   std::vector<EvalSummary> rows;
   for (size_t i = 0; i < adapters.size(); ++i) {
     const std::string ad = adapters[i] == "none" ? "" : adapters[i];
-    const auto runner = load_runner({dir, ad, o.dtype, o.load_in_4bit});
+    const auto runner = load_runner({dir, ad, o.dtype, o.load_in_4bit, o.device});
     const std::string label = o.labels.empty() ? label_of(ad) : o.labels[i];
     if (!o.quiet)
       err << "[gsm8k_distill] eval " << label << " (" << runner->describe() << "), " << qs.size() << " questions\n";
@@ -487,9 +487,9 @@ void run_ask(const AskOpts& o, std::ostream& out) {
   const ChatTokenizer ct = ChatTokenizer::load(dir);
   const auto g = generation_options(dir, o.max_new_tokens, true, std::nullopt, 0);
   const std::vector<std::vector<int32_t>> p{ct.prompt(o.question)};
-  const auto base = load_runner({dir, "", o.dtype, o.load_in_4bit});
+  const auto base = load_runner({dir, "", o.dtype, o.load_in_4bit, o.device});
   const std::string a = ct.decode(base->generate(p, g, 1).rows[0].tokens);
-  const auto dist = load_runner({dir, o.adapter, o.dtype, o.load_in_4bit});
+  const auto dist = load_runner({dir, o.adapter, o.dtype, o.load_in_4bit, o.device});
   const std::string b = ct.decode(dist->generate(p, g, 1).rows[0].tokens);
   int width = o.width;
   if (width <= 0) {

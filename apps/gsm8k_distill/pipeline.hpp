@@ -37,6 +37,7 @@ struct GenerateOpts {
   std::string data;                  // JSONL with question/answer (GSM8K train.jsonl)
   std::string out = "traces.jsonl";  // every record; the accepted ones also go to <stem>.accepted.jsonl
   std::string dtype = "f32";
+  std::string device = "cpu";  // cpu, cuda, cuda:N (the teacher's device)
   std::string system;
   int64_t limit = 0;  // first N questions only
   int64_t batch_size = 16;
@@ -75,6 +76,7 @@ struct EvalOpts {
   std::string data;                   // GSM8K test.jsonl
   std::string out = "eval";           // OUT/<label>.jsonl per example, OUT/<label>.json summary
   std::string dtype = "f32";
+  std::string device = "cpu";
   std::string system;
   bool load_in_4bit = false;
   int64_t limit = 0;
@@ -99,6 +101,7 @@ struct AskOpts {
   std::string adapter;  // the distilled student
   std::string question;
   std::string dtype = "f32";
+  std::string device = "cpu";
   bool load_in_4bit = false;
   int64_t max_new_tokens = 1024;
   int width = 0;  // 0: from $COLUMNS, else 100

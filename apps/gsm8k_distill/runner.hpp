@@ -12,10 +12,11 @@
 namespace distill::gsm8k_app {
 
 struct ModelSpec {
-  std::string model;          // a checkpoint directory (already resolved from a hub id)
-  std::string adapter;        // optional PEFT LoRA adapter directory
-  std::string dtype = "f32";  // f32 or bf16
-  bool quantize = false;      // quantize the projections to NF4 on load (as transformers' load_in_4bit)
+  std::string model;           // a checkpoint directory (already resolved from a hub id)
+  std::string adapter;         // optional PEFT LoRA adapter directory
+  std::string dtype = "f32";   // f32 or bf16
+  bool quantize = false;       // quantize the projections to NF4 on load (as transformers' load_in_4bit)
+  std::string device = "cpu";  // cpu, cuda or cuda:N (GPU: bf16 only, KV cache sized from free memory)
 };
 
 class Runner {
@@ -29,8 +30,13 @@ class Runner {
   virtual std::string describe() const = 0;  // e.g. "Gemma3 f32 NF4 + LoRA r=32"
 };
 
-// Loads spec.model (config.json + safetensors), quantized or not, with spec.adapter attached when given.
+// Loads spec.model (config.json + safetensors), quantized or not, with spec.adapter attached when given, on
+// spec.device.
 std::unique_ptr<Runner> load_runner(const ModelSpec& spec);
+// -1 for "cpu", N for "cuda" (0) or "cuda:N"; anything else is an error naming the flag.
+int parse_device(const std::string& device);
+// The GPU half of load_runner (runner_cuda.cu; without CUDA, an error saying how to build with it).
+std::unique_ptr<Runner> load_cuda_runner(const ModelSpec& spec, int device);
 
 // A model's tokenizer and chat format, and the generation options of its generation_config.json.
 struct ChatTokenizer {

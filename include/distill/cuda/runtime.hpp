@@ -52,6 +52,16 @@ MemoryStats memory_stats(int device = -1);  // -1: the current device
 void reset_peak_memory(int device = -1);
 void empty_cache();  // cudaFree every cached (unused) block of every device
 
+// cudaMemGetInfo of the current device, plus what this process's caching allocator holds unused (memory it
+// can hand out without a cudaMalloc): what a KV cache may be sized from.
+struct DeviceMemoryInfo {
+  size_t free_bytes = 0;    // free on the device (cudaMemGetInfo)
+  size_t total_bytes = 0;   // the device's memory
+  size_t cached_bytes = 0;  // held in this process's free lists
+  size_t available() const { return free_bytes + cached_bytes; }
+};
+DeviceMemoryInfo device_memory_info();
+
 // --- copies (on current_stream(); the ones that touch host memory return when done) -------------------
 void memcpy_host_to_device(void* dst, const void* src, size_t bytes);
 void memcpy_device_to_host(void* dst, const void* src, size_t bytes);
