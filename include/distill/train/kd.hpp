@@ -1,0 +1,288 @@
+// Logit distillation losses (issue 10): forward KL, reverse KL and generalized JSD(beta) between the student's
+// and the teacher's next-token distributions at temperature T, on given logits or fused with the student's lm
+// head so that only `chunk_rows` rows of logits exist at a time.
+//
+// Definitions (TRL's GKDTrainer.generalized_jsd_loss and Liger's LigerJSD; tools/golden/kd.py checks them with
+// PyTorch autograd). Per position, with p_S = softmax(student / T) and p_T = softmax(teacher / T):
+//   ForwardKL  KL(p_T || p_S) = sum_v p_T (log p_T - log p_S)       mean-seeking: cover every teacher mode
+//   ReverseKL  KL(p_S || p_T) = sum_v p_S (log p_S - log p_T)       mode-seeking
+//   JSD(beta)  beta KL(p_T || M) + (1 - beta) KL(p_S || M),  M = beta p_T + (1 - beta) p_S,  0 < beta < 1
+// loss = scale * (sum over valid positions) / norm, with scale = T^2 when t2_scale (Hinton et al.: keeps the
+// gradient's size independent of T; TRL leaves it out) and norm = the number of valid positions, or the caller's
+// count -- the global count of valid tokens across gradient-accumulation steps and processes, so that summing the
+// micro-batches' losses gives the mean over the whole batch.
+//
+// Gradients with respect to the student's logits s (the teacher is constant), per valid row, times scale / norm:
+//   ForwardKL  (p_S - p_T) / T
+//   ReverseKL  p_S * (u - sum p_S u) / T,  u = log p_S - log p_T
+//   JSD        p_S * (u - sum p_S u) / T,  u = (1 - beta) (log p_S - log M)
+// Rows are computed in double (log-softmax with the max subtracted; log M by log-sum-exp of the two weighted
+// log-probabilities, never log of a sum that underflows), summed in row order: deterministic for any thread count.
+#pragma once
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "distill/autograd/var.hpp"
+#include "distill/core/parallel.hpp"
+
+namespace distill::train {
+
+enum class KdDivergence : uint8_t { ForwardKL, ReverseKL, JSD };
+
+inline const char* kd_divergence_name(KdDivergence d) {
+  return d == KdDivergence::ForwardKL ? "kl" : d == KdDivergence::ReverseKL ? "rkl" : "jsd";
+}
+// "kl" (or "fkl", "forward_kl"), "rkl" (or "reverse_kl"), "jsd".
+inline KdDivergence parse_kd_divergence(std::string_view s) {
+  if (s == "kl" || s == "fkl" || s == "forward_kl") return KdDivergence::ForwardKL;
+  if (s == "rkl" || s == "reverse_kl") return KdDivergence::ReverseKL;
+  if (s == "jsd") return KdDivergence::JSD;
+  throw Error("unknown distillation divergence \"" + std::string(s) + "\"; expected kl, rkl or jsd");
+}
+
+struct KdConfig {
+  KdDivergence div = KdDivergence::ForwardKL;
+  double beta = 0.5;         // JSD only: the teacher's weight in the mixture
+  double temperature = 1.0;  // T > 0
+  bool t2_scale = true;      // multiply by T^2
+  void validate() const {
+    DISTILL_CHECK(temperature > 0 && std::isfinite(temperature), "KD temperature must be positive, got ", temperature);
+    if (div == KdDivergence::JSD)
+      DISTILL_CHECK(beta > 0 && beta < 1, "JSD beta must lie strictly between 0 and 1 (0 and 1 are the KLs: use ",
+                    "--kd rkl or kl), got ", beta);
+  }
+  double scale() const { return t2_scale ? temperature * temperature : 1.0; }
+};
+
+namespace ref {
+
+// One position's divergence from student logits s[V] and teacher logits t[V]; when grad is given, also
+// d(divergence)/ds times g, ADDED to grad[V]. `work` holds 3*V doubles of scratch.
+inline double kd_row(const double* s, const double* t, int64_t V, const KdConfig& c, double g, double* grad,
+                     double* work) {
+  const double invT = 1.0 / c.temperature;
+  double* ls = work;      // log p_S
+  double* lt = work + V;  // log p_T
+  double* u = work + 2 * V;
+  auto log_softmax = [&](const double* x, double* out) {
+    double m = -INFINITY;
+    for (int64_t v = 0; v < V; ++v) m = std::max(m, x[v] * invT);
+    double z = 0;
+    for (int64_t v = 0; v < V; ++v) z += std::exp(x[v] * invT - m);
+    const double lz = m + std::log(z);
+    for (int64_t v = 0; v < V; ++v) out[v] = x[v] * invT - lz;
+  };
+  log_softmax(s, ls);
+  log_softmax(t, lt);
+  double d = 0;
+  switch (c.div) {
+    case KdDivergence::ForwardKL:
+      for (int64_t v = 0; v < V; ++v) d += std::exp(lt[v]) * (lt[v] - ls[v]);
+      if (grad)
+        for (int64_t v = 0; v < V; ++v) grad[v] += g * invT * (std::exp(ls[v]) - std::exp(lt[v]));
+      return d;
+    case KdDivergence::ReverseKL:
+      for (int64_t v = 0; v < V; ++v) {
+        u[v] = ls[v] - lt[v];
+        d += std::exp(ls[v]) * u[v];
+      }
+      break;
+    case KdDivergence::JSD: {
+      const double lb = std::log(c.beta), l1b = std::log1p(-c.beta);
+      for (int64_t v = 0; v < V; ++v) {
+        const double a = lt[v] + lb, b = ls[v] + l1b;  // log(beta p_T), log((1 - beta) p_S)
+        const double hi = std::max(a, b);
+        const double lm = hi + std::log1p(std::exp(std::min(a, b) - hi));  // log M
+        d += c.beta * std::exp(lt[v]) * (lt[v] - lm) + (1 - c.beta) * std::exp(ls[v]) * (ls[v] - lm);
+        u[v] = (1 - c.beta) * (ls[v] - lm);
+      }
+      break;
+    }
+  }
+  if (grad) {  // softmax's Jacobian: p_S * (u - <p_S, u>)
+    double mean = 0;
+    for (int64_t v = 0; v < V; ++v) mean += std::exp(ls[v]) * u[v];
+    for (int64_t v = 0; v < V; ++v) grad[v] += g * invT * std::exp(ls[v]) * (u[v] - mean);
+  }
+  return d;
+}
+
+}  // namespace ref
+
+namespace detail_kd {
+
+template <class T>
+double to_f64(T x) {
+  if constexpr (std::is_same_v<T, double>)
+    return x;
+  else
+    return static_cast<double>(static_cast<float>(x));
+}
+
+template <class T>
+T from_f64(double x) {
+  if constexpr (std::is_same_v<T, double>)
+    return x;
+  else
+    return static_cast<T>(static_cast<float>(x));
+}
+
+template <class T>
+double grad_scalar(const Tensor<T>& g) {
+  DISTILL_CHECK(g.numel() == 1, "a loss gradient must have one element, got ", g.shape().str());
+  return to_f64(g.contiguous().data()[0]);
+}
+
+inline std::vector<uint8_t> valid_rows(const Tensor<int32_t>& valid, int64_t N, const char* who) {
+  std::vector<uint8_t> ok(static_cast<size_t>(N), 1);
+  if (!valid.defined()) return ok;
+  DISTILL_CHECK(valid.numel() == N, who, ": valid has ", valid.numel(), " entries for ", N, " positions");
+  const Tensor<int32_t> v = valid.contiguous();
+  for (int64_t i = 0; i < N; ++i) ok[static_cast<size_t>(i)] = v.data()[i] != 0;
+  return ok;
+}
+
+inline double norm_of(double norm, const std::vector<uint8_t>& ok) {
+  if (norm > 0) return norm;
+  double n = 0;
+  for (uint8_t o : ok) n += o;
+  return n;
+}
+
+// Divergences of rows [r0, r1) from row-major student/teacher values (any element type), in parallel; when g != 0,
+// the gradient rows (times g) are added to dst (row-major doubles, rows r0.. at dst).
+template <class S, class U>
+void rows(const S* s, const U* t, int64_t r0, int64_t r1, int64_t V, const std::vector<uint8_t>& ok, const KdConfig& c,
+          double* d_out, double g, double* dst) {
+  parallel_for(r1 - r0, 1, [&](int64_t a, int64_t b) {
+    std::vector<double> sv(static_cast<size_t>(V)), tv(static_cast<size_t>(V)), work(static_cast<size_t>(3 * V));
+    for (int64_t i = a; i < b; ++i) {
+      const int64_t r = r0 + i;
+      if (!ok[static_cast<size_t>(r)]) {
+        d_out[i] = 0;
+        continue;
+      }
+      for (int64_t v = 0; v < V; ++v) {
+        sv[static_cast<size_t>(v)] = to_f64(s[i * V + v]);
+        tv[static_cast<size_t>(v)] = to_f64(t[i * V + v]);
+      }
+      d_out[i] = ref::kd_row(sv.data(), tv.data(), V, c, g, dst ? dst + i * V : nullptr, work.data());
+    }
+  });
+}
+
+}  // namespace detail_kd
+
+// student [N, V] (or [..., V]), teacher of the same shape (constant), valid [N] (nonzero: the position counts;
+// an undefined Tensor<int32_t>(): all) -> a rank-0 Var: scale * sum_valid divergence / norm (norm 0: the number of
+// valid positions).
+template <FloatingDtype T, FloatingDtype U>
+Var<T> kd_loss(const Var<T>& student, const Tensor<U>& teacher, const Tensor<int32_t>& valid, const KdConfig& c,
+               double norm = 0) {
+  c.validate();
+  const Shape& sh = student.value().shape();
+  DISTILL_CHECK(sh.rank() >= 1 && sh == teacher.shape(), "kd_loss: student logits ", sh.str(), " and teacher logits ",
+                teacher.shape().str(), " must have the same shape");
+  const int64_t V = sh.back(), N = student.value().numel() / std::max<int64_t>(V, 1);
+  const auto ok = std::make_shared<const std::vector<uint8_t>>(detail_kd::valid_rows(valid, N, "kd_loss"));
+  const double nrm = detail_kd::norm_of(norm, *ok);
+  const Tensor<T> s = student.value().contiguous();
+  const Tensor<U> t = teacher.contiguous();
+  std::vector<double> d(static_cast<size_t>(N));
+  detail_kd::rows(s.data(), t.data(), 0, N, V, *ok, c, d.data(), 0.0, nullptr);
+  double sum = 0;
+  for (double x : d) sum += x;
+  const double loss = nrm > 0 ? c.scale() * sum / nrm : 0.0;
+  return Var<T>::record("kd_loss", Tensor<T>::full(Shape(), detail_kd::from_f64<T>(loss)), {student.node()},
+                        [student, t, ok, c, nrm, N, V](auto& self) {
+                          if (!student.requires_grad() || nrm <= 0) return;
+                          const double g = detail_kd::grad_scalar(self.grad) * c.scale() / nrm;
+                          const Tensor<T> s = student.value().contiguous();
+                          std::vector<double> dd(static_cast<size_t>(N)), gr(static_cast<size_t>(N * V), 0.0);
+                          detail_kd::rows(s.data(), t.data(), 0, N, V, *ok, c, dd.data(), g, gr.data());
+                          Tensor<T>& gb = student.grad_buffer();
+                          DISTILL_CHECK(gb.is_contiguous(), "kd_loss: the gradient buffer must be contiguous");
+                          for (int64_t i = 0; i < N * V; ++i)
+                            gb.data()[i] =
+                                detail_kd::from_f64<T>(detail_kd::to_f64(gb.data()[i]) + gr[static_cast<size_t>(i)]);
+                        });
+}
+
+// The teacher's logits of rows [r0, r1) as f32 [r1 - r0, V]: from the teacher's hidden states and lm head a chunk
+// at a time, or from an offline file. Called once per chunk in the forward and again in the backward.
+using TeacherRows = std::function<Tensor<float>(int64_t r0, int64_t r1)>;
+
+// hidden [N, C], weight [V, C] (the student's lm head): kd_loss(hidden @ weight^T, teacher) with only
+// chunk_rows rows of student and teacher logits in memory at a time (f32; the backward recomputes each chunk's
+// logits). Gradients flow to hidden and, when it requires grad, to weight.
+inline Var<float> linear_kd_loss(const Var<float>& hidden, const Var<float>& weight, const TeacherRows& teacher,
+                                 const Tensor<int32_t>& valid, const KdConfig& c, double norm = 0,
+                                 int64_t chunk_rows = 256) {
+  c.validate();
+  DISTILL_CHECK(chunk_rows > 0, "linear_kd_loss: chunk_rows must be positive, got ", chunk_rows);
+  const Shape& hs = hidden.value().shape();
+  const Shape& ws = weight.value().shape();
+  DISTILL_CHECK(hs.rank() >= 1 && ws.rank() == 2 && hs.back() == ws[1], "linear_kd_loss: hidden ", hs.str(),
+                " and weight ", ws.str(), " do not fit (hidden [..., C], weight [V, C])");
+  const int64_t C = hs.back(), V = ws[0], N = hidden.value().numel() / std::max<int64_t>(C, 1);
+  const auto ok = std::make_shared<const std::vector<uint8_t>>(detail_kd::valid_rows(valid, N, "linear_kd_loss"));
+  const double nrm = detail_kd::norm_of(norm, *ok);
+  using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  // Chunk r0..r1 of the student's logits: hidden rows @ weight^T.
+  auto logits = [C, V](const Tensor<float>& h, const Tensor<float>& w, int64_t r0, int64_t r1) {
+    Eigen::Map<const Mat> H(h.data() + r0 * C, r1 - r0, C), W(w.data(), V, C);
+    Mat L = H * W.transpose();
+    return L;
+  };
+  auto teacher_chunk = [V](const TeacherRows& f, int64_t r0, int64_t r1) {
+    Tensor<float> t = f(r0, r1).contiguous();
+    DISTILL_CHECK(t.numel() == (r1 - r0) * V, "linear_kd_loss: the teacher gave ", t.shape().str(), " for rows ", r0,
+                  "..", r1, " of a ", V, "-token vocabulary");
+    return t;
+  };
+  const Tensor<float> h = hidden.value().contiguous(), w = weight.value().contiguous();
+  double sum = 0;
+  std::vector<double> d(static_cast<size_t>(std::min(chunk_rows, std::max<int64_t>(N, 1))));
+  for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
+    const int64_t r1 = std::min(N, r0 + chunk_rows);
+    const Mat L = logits(h, w, r0, r1);
+    const Tensor<float> t = teacher_chunk(teacher, r0, r1);
+    detail_kd::rows(L.data(), t.data(), r0, r1, V, *ok, c, d.data(), 0.0, nullptr);
+    for (int64_t i = 0; i < r1 - r0; ++i) sum += d[static_cast<size_t>(i)];
+  }
+  const double loss = nrm > 0 ? c.scale() * sum / nrm : 0.0;
+  return Var<float>::record(
+      "linear_kd_loss", Tensor<float>::full(Shape(), static_cast<float>(loss)), {hidden.node(), weight.node()},
+      [hidden, weight, teacher, ok, c, nrm, N, C, V, chunk_rows, logits, teacher_chunk](auto& self) {
+        const bool want_h = hidden.requires_grad(), want_w = weight.requires_grad();
+        if ((!want_h && !want_w) || nrm <= 0) return;
+        const double g = detail_kd::grad_scalar(self.grad) * c.scale() / nrm;
+        const Tensor<float> h = hidden.value().contiguous(), w = weight.value().contiguous();
+        Tensor<float> dh = want_h ? hidden.grad_buffer() : Tensor<float>();  // shares the buffer's storage
+        Tensor<float> dw = want_w ? weight.grad_buffer() : Tensor<float>();
+        DISTILL_CHECK((!want_h || dh.is_contiguous()) && (!want_w || dw.is_contiguous()),
+                      "linear_kd_loss: gradient buffers must be contiguous");
+        Eigen::Map<const Mat> W(w.data(), V, C), Hall(h.data(), N, C);
+        std::vector<double> d(static_cast<size_t>(chunk_rows)), gr;
+        for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
+          const int64_t r1 = std::min(N, r0 + chunk_rows), n = r1 - r0;
+          const Mat L = logits(h, w, r0, r1);
+          const Tensor<float> t = teacher_chunk(teacher, r0, r1);
+          gr.assign(static_cast<size_t>(n * V), 0.0);
+          detail_kd::rows(L.data(), t.data(), r0, r1, V, *ok, c, d.data(), g, gr.data());
+          Mat dL(n, V);
+          for (int64_t i = 0; i < n * V; ++i) dL.data()[i] = static_cast<float>(gr[static_cast<size_t>(i)]);
+          if (want_h) Eigen::Map<Mat>(dh.data() + r0 * C, n, C).noalias() += dL * W;
+          if (want_w) Eigen::Map<Mat>(dw.data(), V, C).noalias() += dL.transpose() * Hall.middleRows(r0, n);
+        }
+      });
+}
+
+}  // namespace distill::train

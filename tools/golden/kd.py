@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Export logit-distillation fixtures: loss values and gradients of every KD loss on random logits (issue 10).
+
+    tools/.venv/bin/python tools/golden/kd.py [--out tests/golden/kd]
+
+Reference: PyTorch (float64 autograd) with TRL's / Liger's definitions. With p_S = softmax(student / T),
+p_T = softmax(teacher / T), per position:
+  fkl:   KL(p_T || p_S)                     = torch.nn.functional.kl_div(log p_S, log p_T, log_target=True)
+  rkl:   KL(p_S || p_T)                     = kl_div(log p_T, log p_S, log_target=True)
+  jsd:   beta KL(p_T || M) + (1 - beta) KL(p_S || M),  M = beta p_T + (1 - beta) p_S   (0 < beta < 1;
+         trl.GKDTrainer.generalized_jsd_loss's mixture, computed here with logsumexp exactly as there)
+loss = scale * sum over valid positions / norm, scale = T^2 when t2 (Hinton et al.'s gradient scaling; TRL
+leaves it out), norm = the number of valid positions unless the case gives one (a global count across
+accumulation steps / processes). Gradients are with respect to the student's logits (the teacher is frozen),
+and for the "linear" cases (student logits = hidden @ weight^T) with respect to the hidden states.
+
+Writes tests/golden/kd/kd.json: {"N", "V", "C", "student" [N*V], "teacher" [N*V], "valid" [N] (0/1),
+"hidden" [N*C], "weight" [V*C], "cases": [{"name", "div", "beta", "T", "t2", "norm", "linear", "loss",
+"grad" [N*V or N*C]}]}, read by tests/test_train_kd.cpp.
+"""
+import argparse
+import json
+import pathlib
+
+import torch
+import torch.nn.functional as F
+
+N, V, C = 12, 50, 16
+
+
+def divergence(s, t, div, beta, T):
+    ls = F.log_softmax(s / T, dim=-1)
+    lt = F.log_softmax(t / T, dim=-1)
+    if div == "fkl":
+        return F.kl_div(ls, lt, reduction="none", log_target=True).sum(-1)
+    if div == "rkl":
+        return F.kl_div(lt, ls, reduction="none", log_target=True).sum(-1)
+    b = torch.tensor(beta, dtype=s.dtype)
+    lm = torch.logsumexp(torch.stack([ls + torch.log(1 - b), lt + torch.log(b)]), dim=0)
+    kl_t = F.kl_div(lm, lt, reduction="none", log_target=True).sum(-1)
+    kl_s = F.kl_div(lm, ls, reduction="none", log_target=True).sum(-1)
+    return beta * kl_t + (1 - beta) * kl_s
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="tests/golden/kd")
+    a = ap.parse_args()
+    g = torch.Generator().manual_seed(20261203)
+    # Logits with a realistic spread (a few large ones per row); the teacher is correlated with the student.
+    student = torch.randn(N, V, generator=g, dtype=torch.float64) * 2.0
+    teacher = 0.6 * student + torch.randn(N, V, generator=g, dtype=torch.float64) * 2.5
+    teacher[:, 7] += 6.0  # a confident teacher token
+    valid = torch.ones(N, dtype=torch.bool)
+    valid[[1, 5, 6, 11]] = False  # prompt / padding positions
+    hidden = torch.randn(N, C, generator=g, dtype=torch.float64)
+    weight = torch.randn(V, C, generator=g, dtype=torch.float64) * 0.5
+    # float32-representable inputs, so the C++ side starts from exactly these values
+    student, teacher, hidden, weight = (x.float().double() for x in (student, teacher, hidden, weight))
+
+    cases = []
+    grid = [("fkl", 0.0), ("rkl", 0.0), ("jsd", 0.1), ("jsd", 0.5), ("jsd", 0.9)]
+    for div, beta in grid:
+        for T in (1.0, 2.5):
+            for t2 in (True, False):
+                for linear in (False, True):
+                    for norm in (0.0, 20.0):
+                        if (not t2 or norm) and (linear or T == 1.0):
+                            continue  # keep the file small: the variations on the plain logits case only
+                        if linear:
+                            h = hidden.clone().requires_grad_(True)
+                            s = h @ weight.T
+                            leaf = h
+                        else:
+                            s = student.clone().requires_grad_(True)
+                            leaf = s
+                        d = divergence(s, teacher if not linear else teacher, div, beta, T)
+                        count = float(valid.sum()) if norm == 0.0 else norm
+                        loss = (T * T if t2 else 1.0) * d[valid].sum() / count
+                        loss.backward()
+                        cases.append({
+                            "name": f"{div}{'' if div != 'jsd' else beta} T={T} t2={t2} norm={norm} "
+                                    f"{'linear' if linear else 'logits'}",
+                            "div": div, "beta": beta, "T": T, "t2": t2, "norm": norm, "linear": linear,
+                            "loss": loss.item(), "grad": leaf.grad.flatten().tolist(),
+                        })
+    out = pathlib.Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fl = lambda x: [float(v) for v in x.flatten().tolist()]  # noqa: E731
+    doc = {"N": N, "V": V, "C": C, "student": fl(student), "teacher": fl(teacher),
+           "valid": [int(v) for v in valid.tolist()], "hidden": fl(hidden), "weight": fl(weight), "cases": cases}
+    (out / "kd.json").write_text(json.dumps(doc, separators=(",", ":")) + "\n")
+    print(f"wrote {out / 'kd.json'}: {len(cases)} cases, torch {torch.__version__}")
+
+
+if __name__ == "__main__":
+    main()
