@@ -13,9 +13,11 @@
 
 #include "distill/autograd/gradcheck.hpp"
 #include "distill/ops.hpp"
+#include "distill/train/feature_kd.hpp"
 #include "distill/train/kd.hpp"
 #include "harness.hpp"
 #include "shared_data.hpp"
+#include "temp_dir.hpp"
 
 using namespace distill;
 using namespace distill::train;
@@ -66,7 +68,7 @@ TEST_CASE("kd_loss matches PyTorch: every divergence, masked positions, T != 1, 
   const auto valid = Tensor<int32_t>::from_vector({N}, f["valid"].get<std::vector<int32_t>>());
   int checked = 0;
   for (const json& c : f["cases"]) {
-    if (c["linear"].get<bool>()) continue;
+    if (c["linear"].get<bool>() || c["div"] == "uld") continue;
     CAPTURE(c["name"].get<std::string>());
     Var<float> x(s.clone(), true);
     Var<float> loss = kd_loss(x, t, valid, config_of(c), c["norm"].get<double>());
@@ -90,7 +92,7 @@ TEST_CASE("linear_kd_loss matches PyTorch for every chunk size, and its weight g
     return t.slice(0, r0, r1).contiguous();
   };
   for (const json& c : f["cases"]) {
-    if (!c["linear"].get<bool>()) continue;
+    if (!c["linear"].get<bool>() || c["div"] == "uld") continue;
     for (int64_t chunk : {int64_t{1}, int64_t{5}, int64_t{256}}) {
       CAPTURE(c["name"].get<std::string>());
       CAPTURE(chunk);
@@ -161,4 +163,92 @@ TEST_CASE("kd gradients pass f64 gradchecks; masked rows get none; bad arguments
                        doctest::Contains("same shape"), Error);
   CHECK_THROWS_WITH_AS(parse_kd_divergence("kld"), doctest::Contains("expected kl, rkl or jsd"), Error);
   CHECK(parse_kd_divergence("fkl") == KdDivergence::ForwardKL);
+}
+
+TEST_CASE("uld_loss (different vocabularies) matches PyTorch; uld_align pairs the k-th answer positions") {
+  const json& f = fixture();
+  const int64_t N = f["N"], V = f["V"], VT = f["VT"];
+  const Tensor<float> s = tensor(f["student"], {N, V}), t = tensor(f["teacher_uld"], {N, VT});
+  const auto valid = Tensor<int32_t>::from_vector({N}, f["valid"].get<std::vector<int32_t>>());
+  int checked = 0;
+  for (const json& c : f["cases"]) {
+    if (c["div"] != "uld") continue;
+    CAPTURE(c["name"].get<std::string>());
+    Var<float> x(s.clone(), true);
+    Var<float> loss = uld_loss(x, t, valid, c["T"].get<double>(), c["norm"].get<double>());
+    CHECK(loss.value().flat(0) == doctest::Approx(c["loss"].get<double>()).epsilon(1e-6));
+    loss.backward();
+    CHECK(rel_err(x.grad(), c["grad"].get<std::vector<double>>()) < 1e-6);
+    ++checked;
+  }
+  CHECK(checked == 4);
+  // The teacher's vocabulary may also be the smaller one (the student's sorted vector is then the longer).
+  Var<float> y(t.clone(), true);
+  CHECK(uld_loss(y, s, valid).value().flat(0) > 0);
+  // A distribution against itself (any vocabulary order) is at distance 0.
+  Tensor<float> rev = s.clone();
+  for (int64_t i = 0; i < N; ++i)
+    for (int64_t v = 0; v < V; ++v) rev.data()[i * V + v] = s.data()[i * V + (V - 1 - v)];
+  CHECK(std::abs(uld_loss(Var<float>(s, true), rev, Tensor<int32_t>()).value().flat(0)) < 1e-6);
+  CHECK_THROWS_WITH_AS(uld_loss(y, Tensor<float>::zeros({N + 1, V}), Tensor<int32_t>()), doctest::Contains("aligned"),
+                       Error);
+
+  const auto pairs = uld_align({0, 0, 1, 1, 1, 0}, {0, 1, 0, 1, 0, 0, 0});
+  REQUIRE(pairs.size() == 2);
+  CHECK(pairs[0] == std::pair<int64_t, int64_t>{2, 1});
+  CHECK(pairs[1] == std::pair<int64_t, int64_t>{3, 3});
+}
+
+TEST_CASE("feature_loss (mse, cosine) matches PyTorch in the value and the hidden, W and b gradients") {
+  const json& f = fixture();
+  const int64_t N = f["N"], C = f["C"], CT = f["CT"];
+  const Tensor<float> h = tensor(f["hidden"], {N, C}), th = tensor(f["teacher_hidden"], {N, CT});
+  const auto valid = Tensor<int32_t>::from_vector({N}, f["valid"].get<std::vector<int32_t>>());
+  for (const json& c : f["features"]) {
+    CAPTURE(c["kind"].get<std::string>());
+    FeatureProjection p{Var<float>::param(tensor(f["proj_w"], {CT, C})),
+                        Var<float>::param(Tensor<float>::from_vector({CT}, f["proj_b"].get<std::vector<float>>()))};
+    Var<float> hv(h.clone(), true);
+    Var<float> loss = feature_loss(hv, p, th, valid, parse_feature_loss(c["kind"].get<std::string>()));
+    CHECK(loss.value().flat(0) == doctest::Approx(c["loss"].get<double>()).epsilon(1e-5));
+    loss.backward();
+    CHECK(rel_err(hv.grad(), c["grad_hidden"].get<std::vector<double>>()) < 1e-5);
+    CHECK(rel_err(p.weight.grad(), c["grad_w"].get<std::vector<double>>()) < 1e-5);
+    CHECK(rel_err(p.bias.grad(), c["grad_b"].get<std::vector<double>>()) < 1e-5);
+  }
+  CHECK_THROWS_WITH_AS(parse_feature_loss("l1"), doctest::Contains("mse or cosine"), Error);
+}
+
+TEST_CASE("layer maps, and projections saved beside the adapter and reloaded") {
+  const auto m = proportional_layer_map(26, 36);  // gemma-3-1b -> Qwen3-4B
+  CHECK(m.front() == 0);
+  CHECK(m.back() == 35);
+  CHECK(m[12] == 17);  // 13 * 36 / 26 = 18.0 -> layer 17
+  for (size_t i = 1; i < m.size(); ++i) CHECK(m[i] > m[i - 1]);
+  CHECK(proportional_layer_map(4, 4) == std::vector<int64_t>{0, 1, 2, 3});
+  CHECK(proportional_layer_map(2, 8) == std::vector<int64_t>{3, 7});
+  const auto g = parse_layer_map("25:35,12:17", 26, 36);
+  CHECK(g.at(25) == 35);
+  CHECK(g.at(12) == 17);
+  CHECK_THROWS_WITH_AS(parse_layer_map("26:35", 26, 36), doctest::Contains("outside 0..25"), Error);
+  CHECK_THROWS_WITH_AS(parse_layer_map("3:4,3:5", 26, 36), doctest::Contains("mapped twice"), Error);
+  CHECK_THROWS_WITH_AS(parse_layer_map("3-4", 26, 36), doctest::Contains("not student:teacher"), Error);
+  CHECK_THROWS_WITH_AS(parse_layer_map("3:4x", 26, 36), doctest::Contains("not student:teacher"), Error);
+
+  test::TempDir dir("feature_proj");
+  std::map<int64_t, FeatureProjection> a{{3, FeatureProjection::init(8, 12, 1)},
+                                         {7, FeatureProjection::init(8, 12, 2)}};
+  a.at(7).bias.value().copy_from(Tensor<float>::uniform({12}, 9));
+  save_projections(a, dir / "feature_projections.safetensors");
+  std::map<int64_t, FeatureProjection> b{{3, FeatureProjection::init(8, 12, 5)},
+                                         {7, FeatureProjection::init(8, 12, 6)}};
+  load_projections(b, dir / "feature_projections.safetensors");
+  for (int64_t l : {3, 7}) {
+    for (int64_t i = 0; i < 96; ++i) CHECK(b.at(l).weight.value().flat(i) == a.at(l).weight.value().flat(i));
+    for (int64_t i = 0; i < 12; ++i) CHECK(b.at(l).bias.value().flat(i) == a.at(l).bias.value().flat(i));
+  }
+  std::map<int64_t, FeatureProjection> wrong{{3, FeatureProjection::init(8, 10, 5)},
+                                             {7, FeatureProjection::init(8, 12, 6)}};
+  CHECK_THROWS_WITH_AS(load_projections(wrong, dir / "feature_projections.safetensors"),
+                       doctest::Contains("layers.3.weight has shape"), Error);
 }

@@ -9,14 +9,20 @@ p_T = softmax(teacher / T), per position:
   rkl:   KL(p_S || p_T)                     = kl_div(log p_T, log p_S, log_target=True)
   jsd:   beta KL(p_T || M) + (1 - beta) KL(p_S || M),  M = beta p_T + (1 - beta) p_S   (0 < beta < 1;
          trl.GKDTrainer.generalized_jsd_loss's mixture, computed here with logsumexp exactly as there)
+  uld:   sum_i |sort_desc(p_S)_i - sort_desc(p_T)_i|, the shorter vocabulary padded with zeros (Boizard et al.
+         2024, Universal Logit Distillation: the teacher's vocabulary differs; no T^2 scale)
 loss = scale * sum over valid positions / norm, scale = T^2 when t2 (Hinton et al.'s gradient scaling; TRL
 leaves it out), norm = the number of valid positions unless the case gives one (a global count across
 accumulation steps / processes). Gradients are with respect to the student's logits (the teacher is frozen),
 and for the "linear" cases (student logits = hidden @ weight^T) with respect to the hidden states.
 
+Feature distillation: proj = hidden @ W^T + b (W [CT, C]); mse = mean over features of (proj - teacher)^2,
+cosine = 1 - cosine_similarity(proj, teacher, eps=1e-8); both averaged over valid positions.
+
 Writes tests/golden/kd/kd.json: {"N", "V", "C", "student" [N*V], "teacher" [N*V], "valid" [N] (0/1),
 "hidden" [N*C], "weight" [V*C], "cases": [{"name", "div", "beta", "T", "t2", "norm", "linear", "loss",
-"grad" [N*V or N*C]}]}, read by tests/test_train_kd.cpp.
+"grad" [N*V or N*C]}], "VT", "teacher_uld" [N*VT], "CT", "teacher_hidden" [N*CT], "proj_w" [CT*C], "proj_b" [CT],
+"features": [{"kind", "loss", "grad_hidden", "grad_w", "grad_b"}]}, read by tests/test_train_kd.cpp.
 """
 import argparse
 import json
@@ -84,11 +90,53 @@ def main():
                             "div": div, "beta": beta, "T": T, "t2": t2, "norm": norm, "linear": linear,
                             "loss": loss.item(), "grad": leaf.grad.flatten().tolist(),
                         })
+    # ULD: a teacher with a different (larger) vocabulary; sorted probability vectors, the shorter padded with 0.
+    VT = 64
+    teacher_uld = torch.randn(N, VT, generator=g, dtype=torch.float64) * 2.5
+    teacher_uld[:, 3] += 5.0
+    teacher_uld = teacher_uld.float().double()
+    for T in (1.0, 2.0):
+        for norm in (0.0, 20.0):
+            s = student.clone().requires_grad_(True)
+            ps = torch.sort(F.softmax(s / T, dim=-1), dim=-1, descending=True).values
+            pt = torch.sort(F.softmax(teacher_uld / T, dim=-1), dim=-1, descending=True).values
+            ps = F.pad(ps, (0, VT - V))
+            d = (ps - pt).abs().sum(-1)
+            count = float(valid.sum()) if norm == 0.0 else norm
+            loss = d[valid].sum() / count
+            loss.backward()
+            cases.append({"name": f"uld T={T} norm={norm}", "div": "uld", "beta": 0.0, "T": T, "t2": False,
+                          "norm": norm, "linear": False, "loss": loss.item(), "grad": s.grad.flatten().tolist()})
+
+    # Feature distillation: student hidden [N, C] -> teacher hidden [N, CT] through a learned W [CT, C] + b [CT];
+    # MSE: mean over valid positions and features of (proj - teacher)^2; cosine: mean over valid positions of
+    # 1 - cos(proj, teacher). Gradients for the student hidden, W and b.
+    CT = 24
+    th = torch.randn(N, CT, generator=g, dtype=torch.float64).float().double()
+    W = (torch.randn(CT, C, generator=g, dtype=torch.float64) * 0.3).float().double()
+    bias = (torch.randn(CT, generator=g, dtype=torch.float64) * 0.1).float().double()
+    features = []
+    for kind in ("mse", "cosine"):
+        h = hidden.clone().requires_grad_(True)
+        w = W.clone().requires_grad_(True)
+        b = bias.clone().requires_grad_(True)
+        proj = h @ w.T + b
+        if kind == "mse":
+            per = ((proj - th) ** 2).mean(-1)
+        else:
+            per = 1 - F.cosine_similarity(proj, th, dim=-1, eps=1e-8)
+        loss = per[valid].sum() / float(valid.sum())
+        loss.backward()
+        features.append({"kind": kind, "loss": loss.item(), "grad_hidden": h.grad.flatten().tolist(),
+                         "grad_w": w.grad.flatten().tolist(), "grad_b": b.grad.flatten().tolist()})
+
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     fl = lambda x: [float(v) for v in x.flatten().tolist()]  # noqa: E731
     doc = {"N": N, "V": V, "C": C, "student": fl(student), "teacher": fl(teacher),
-           "valid": [int(v) for v in valid.tolist()], "hidden": fl(hidden), "weight": fl(weight), "cases": cases}
+           "valid": [int(v) for v in valid.tolist()], "hidden": fl(hidden), "weight": fl(weight), "cases": cases,
+           "VT": VT, "teacher_uld": fl(teacher_uld),
+           "CT": CT, "teacher_hidden": fl(th), "proj_w": fl(W), "proj_b": fl(bias), "features": features}
     (out / "kd.json").write_text(json.dumps(doc, separators=(",", ":")) + "\n")
     print(f"wrote {out / 'kd.json'}: {len(cases)} cases, torch {torch.__version__}")
 

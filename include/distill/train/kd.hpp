@@ -27,6 +27,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "distill/autograd/var.hpp"
@@ -210,6 +211,125 @@ Var<T> kd_loss(const Var<T>& student, const Tensor<U>& teacher, const Tensor<int
                           Tensor<T>& gb = student.grad_buffer();
                           DISTILL_CHECK(gb.is_contiguous(), "kd_loss: the gradient buffer must be contiguous");
                           for (int64_t i = 0; i < N * V; ++i)
+                            gb.data()[i] =
+                                detail_kd::from_f64<T>(detail_kd::to_f64(gb.data()[i]) + gr[static_cast<size_t>(i)]);
+                        });
+}
+
+// ---- Cross-tokenizer: Universal Logit Distillation (Boizard et al. 2024) ---------------------------------------
+// When the teacher's vocabulary differs from the student's (Qwen3 -> Gemma3), the two distributions have no common
+// support to compare token by token. ULD compares their shapes instead: per aligned position,
+//   d = sum_i |sort_desc(p_S)_i - sort_desc(p_T)_i|      (the shorter vocabulary padded with zeros)
+// -- the closed form of the Wasserstein-1 distance between the sorted probability vectors. p = softmax(logits / T);
+// no T^2 scale. loss = sum over valid positions / norm (0: the valid count). Gradient, per row: with
+// u_j = sign(sorted difference at j's rank), ds = p_S * (u - <p_S, u>) / T (sort is a permutation; ties, which
+// random or trained logits practically never have, take the order std::stable_sort gives).
+//
+// Alignment rule (uld_align): the answer is the same text under both tokenizers, tokenized differently; the k-th
+// position that predicts an answer token in the student's sequence is paired with the k-th such position in the
+// teacher's, for k < min(both counts) -- the rule of the ULD paper (answers truncated to the shorter length). The
+// pairs are positions in each sequence; the caller gathers the student's rows and the teacher's rows with them.
+inline std::vector<std::pair<int64_t, int64_t>> uld_align(const std::vector<uint8_t>& student_answer,
+                                                          const std::vector<uint8_t>& teacher_answer) {
+  std::vector<int64_t> a, b;
+  for (size_t i = 0; i < student_answer.size(); ++i)
+    if (student_answer[i]) a.push_back(static_cast<int64_t>(i));
+  for (size_t i = 0; i < teacher_answer.size(); ++i)
+    if (teacher_answer[i]) b.push_back(static_cast<int64_t>(i));
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (size_t k = 0; k < std::min(a.size(), b.size()); ++k) out.emplace_back(a[k], b[k]);
+  return out;
+}
+
+namespace ref {
+
+// One aligned position: the ULD distance, and (when grad is given) its gradient w.r.t. the student's logits times
+// g, ADDED to grad[VS]. `work` holds 2*max(VS, VT) + 2*VS doubles.
+inline double uld_row(const double* s, int64_t VS, const double* t, int64_t VT, double T, double g, double* grad,
+                      double* work) {
+  const int64_t Vm = std::max(VS, VT);
+  double* ps = work;        // p_S (unsorted), VS
+  double* pss = work + VS;  // sorted p_S padded, Vm
+  double* pts = pss + Vm;   // sorted p_T padded, Vm
+  double* u = pts + Vm;     // sign per student token, VS
+  auto softmax = [T](const double* x, int64_t V, double* out) {
+    double m = -INFINITY;
+    for (int64_t v = 0; v < V; ++v) m = std::max(m, x[v] / T);
+    double z = 0;
+    for (int64_t v = 0; v < V; ++v) z += (out[v] = std::exp(x[v] / T - m));
+    for (int64_t v = 0; v < V; ++v) out[v] /= z;
+  };
+  softmax(s, VS, ps);
+  softmax(t, VT, pts);
+  std::fill(pts + VT, pts + Vm, 0.0);
+  std::sort(pts, pts + Vm, std::greater<double>());
+  std::vector<int64_t> order(static_cast<size_t>(VS));
+  for (int64_t v = 0; v < VS; ++v) order[static_cast<size_t>(v)] = v;
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return ps[a] > ps[b]; });
+  for (int64_t r = 0; r < Vm; ++r) pss[r] = r < VS ? ps[order[static_cast<size_t>(r)]] : 0.0;
+  double d = 0;
+  for (int64_t r = 0; r < Vm; ++r) d += std::abs(pss[r] - pts[r]);
+  if (grad) {
+    double mean = 0;
+    for (int64_t r = 0; r < VS; ++r) {
+      const double diff = pss[r] - pts[r];
+      const int64_t j = order[static_cast<size_t>(r)];
+      u[j] = diff > 0 ? 1.0 : diff < 0 ? -1.0 : 0.0;
+      mean += ps[j] * u[j];
+    }
+    for (int64_t j = 0; j < VS; ++j) grad[j] += g / T * ps[j] * (u[j] - mean);
+  }
+  return d;
+}
+
+}  // namespace ref
+
+// student [N, VS] (Var), teacher [N, VT] (constant; row i aligned with the student's row i, see uld_align),
+// valid [N] or undefined (all) -> rank-0 Var: sum of ULD distances over valid rows / norm (0: valid count).
+template <FloatingDtype T, FloatingDtype U>
+Var<T> uld_loss(const Var<T>& student, const Tensor<U>& teacher, const Tensor<int32_t>& valid, double temperature = 1.0,
+                double norm = 0) {
+  DISTILL_CHECK(temperature > 0 && std::isfinite(temperature), "ULD temperature must be positive, got ", temperature);
+  const Shape& ss = student.value().shape();
+  const Shape& ts = teacher.shape();
+  DISTILL_CHECK(ss.rank() == 2 && ts.rank() == 2 && ss[0] == ts[0], "uld_loss: student logits ", ss.str(),
+                " and teacher logits ", ts.str(),
+                " need the same number of (aligned) rows: [N, V_student], [N, V_teacher]");
+  const int64_t N = ss[0], VS = ss[1], VT = ts[1];
+  const auto ok = std::make_shared<const std::vector<uint8_t>>(detail_kd::valid_rows(valid, N, "uld_loss"));
+  const double nrm = detail_kd::norm_of(norm, *ok);
+  const Tensor<U> t = teacher.contiguous();
+  // Rows in parallel; d[i] per row, gradient rows (times g) into gr when given.
+  auto run = [N, VS, VT, temperature, ok](const Tensor<T>& s, const Tensor<U>& t, double g, double* gr, double* d) {
+    parallel_for(N, 1, [&](int64_t a, int64_t b) {
+      const int64_t Vm = std::max(VS, VT);
+      std::vector<double> sv(static_cast<size_t>(VS)), tv(static_cast<size_t>(VT)),
+          work(static_cast<size_t>(3 * Vm + 2 * VS));
+      for (int64_t i = a; i < b; ++i) {
+        if (!(*ok)[static_cast<size_t>(i)]) {
+          d[i] = 0;
+          continue;
+        }
+        for (int64_t v = 0; v < VS; ++v) sv[static_cast<size_t>(v)] = detail_kd::to_f64(s.data()[i * VS + v]);
+        for (int64_t v = 0; v < VT; ++v) tv[static_cast<size_t>(v)] = detail_kd::to_f64(t.data()[i * VT + v]);
+        d[i] = ref::uld_row(sv.data(), VS, tv.data(), VT, temperature, g, gr ? gr + i * VS : nullptr, work.data());
+      }
+    });
+  };
+  std::vector<double> d(static_cast<size_t>(N));
+  run(student.value().contiguous(), t, 0.0, nullptr, d.data());
+  double sum = 0;
+  for (double x : d) sum += x;
+  const double loss = nrm > 0 ? sum / nrm : 0.0;
+  return Var<T>::record("uld_loss", Tensor<T>::full(Shape(), detail_kd::from_f64<T>(loss)), {student.node()},
+                        [student, t, nrm, N, VS, run](auto& self) {
+                          if (!student.requires_grad() || nrm <= 0) return;
+                          const double g = detail_kd::grad_scalar(self.grad) / nrm;
+                          std::vector<double> dd(static_cast<size_t>(N)), gr(static_cast<size_t>(N * VS), 0.0);
+                          run(student.value().contiguous(), t, g, gr.data(), dd.data());
+                          Tensor<T>& gb = student.grad_buffer();
+                          DISTILL_CHECK(gb.is_contiguous(), "uld_loss: the gradient buffer must be contiguous");
+                          for (int64_t i = 0; i < N * VS; ++i)
                             gb.data()[i] =
                                 detail_kd::from_f64<T>(detail_kd::to_f64(gb.data()[i]) + gr[static_cast<size_t>(i)]);
                         });
