@@ -142,6 +142,11 @@ TEST_CASE("a torn tail is cut and appending continues; a different K is refused"
   const TopkReader r(path);
   CHECK(r.ids() == std::vector<std::string>{"a", "c"});
   CHECK(repair_topk_tail(dir / "missing.bin") == 0);
+  // A resumed generate keeps only the traces its JSONL has: "c" was never written there, so it goes.
+  const std::unordered_set<std::string> done{"a"};
+  { TopkWriter w(path, 4, 50, &done); }
+  CHECK(TopkReader(path).ids() == std::vector<std::string>{"a"});
+  CHECK(TopkReader(path).get("a").ids == make_record("a", 2, 4, 50, 1).ids);
   CHECK_THROWS_WITH_AS(TopkWriter(path, 8, 50), doctest::Contains("holds K = 4"), Error);
 }
 

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "distill/core/error.hpp"
+#include "distill/data/topk_logits.hpp"
 #include "distill/io/hf_config.hpp"
 #include "distill/io/safetensors.hpp"
 #include "distill/text/chat.hpp"
@@ -378,6 +379,16 @@ inline bool run_diff(const DiffOptions& o, std::ostream& out) {
   }
   out << na.size() << " tensors, max |a-b| " << worst_all << (ok ? "" : " -- outside tolerance") << "\n";
   return ok;
+}
+
+// distill topk-info FILE: what an offline teacher-logits file (gsm8k_distill generate --save-logits) holds, as
+// JSON: {"k", "vocab", "records", "positions"}; every record is read, so a damaged file is an error.
+inline void run_topk_info(const std::string& path, std::ostream& out) {
+  const data::TopkReader r(path);
+  int64_t positions = 0;
+  for (const auto& id : r.ids()) positions += r.get(id).positions;
+  out << nlohmann::json{{"k", r.k()}, {"vocab", r.vocab()}, {"records", r.size()}, {"positions", positions}}.dump()
+      << "\n";
 }
 
 }  // namespace distill::app

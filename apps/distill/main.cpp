@@ -180,6 +180,12 @@ int main(int argc, char** argv) {
   merge->add_option("--adapter,-a", mg.adapter, "PEFT adapter directory")->required();
   merge->add_option("--out,-o", mg.out, "Output directory")->required();
 
+  std::string topk_file;
+  auto* topk_info = app.add_subcommand(
+      "topk-info",
+      "An offline teacher-logits file (gsm8k_distill generate --save-logits) -> {k, vocab, records, positions}");
+  topk_info->add_option("file", topk_file, "<traces stem>.topk.bin")->required();
+
   distill::app::RandomModelCmd rm;
   auto* random_model = app.add_subcommand(
       "random-model",
@@ -220,6 +226,7 @@ int main(int argc, char** argv) {
     if (*train) distill::app::run_train(tr, std::cout, std::cerr);
     if (*quantize) distill::app::run_quantize(qz, std::cerr);
     if (*merge) distill::app::run_merge(mg, std::cerr);
+    if (*topk_info) distill::app::run_topk_info(topk_file, std::cout);
     if (*random_model) {
       if (rm.preset.empty() && rm.config.empty()) throw distill::Error("random-model needs --preset or --config");
       distill::app::run_random_model(rm, std::cerr);

@@ -63,6 +63,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   gen->add_option("--max-new-tokens,-n", g.max_new_tokens, "Longest trace; longer ones are truncated and rejected")
       ->capture_default_str();
+  gen->add_option("--save-logits", g.save_logits,
+                  "Keep the teacher's top-K log-probs (and the mass left) at every generated position in "
+                  "<out stem>.topk.bin, for logit distillation without the teacher in memory (0: off)")
+      ->capture_default_str();
   gen->add_flag("--greedy", g.greedy, "Greedy decoding instead of the teacher's generation_config.json sampling");
   gen->add_option("--temperature", g.temperature, "Sample at this temperature");
   gen->add_option("--seed", g.seed, "Sampling seed (a question's seed does not depend on its batch)");

@@ -6,11 +6,14 @@
 #include <cstdlib>
 #include <filesystem>
 #include <map>
+#include <optional>
+#include <span>
 #include <sstream>
 #include <unordered_set>
 
 #include "demo_data.hpp"
 #include "distill/core/parallel.hpp"
+#include "distill/data/topk_logits.hpp"
 #include "distill/data/traces.hpp"
 #include "distill/io/file.hpp"
 #include "distill/io/hf_hub.hpp"
@@ -148,6 +151,11 @@ std::string accepted_path(const std::string& traces) {
   return traces + ".accepted.jsonl";
 }
 
+std::string topk_path(const std::string& traces) {
+  if (traces.ends_with(".jsonl")) return traces.substr(0, traces.size() - 6) + ".topk.bin";
+  return traces + ".topk.bin";
+}
+
 // ---------------------------------------------------------------------------------------------------- generate
 
 GenerateSummary run_generate(const GenerateOpts& o, std::ostream& err) {
@@ -195,9 +203,30 @@ GenerateSummary run_generate(const GenerateOpts& o, std::ostream& err) {
     // Continuous batching over --batch-size sequences; records are written as their traces finish (not in input
     // order) and made durable every --batch-size records. Question k of the shard samples with seed + k, so a record
     // does not depend on the batch it was in nor on where an earlier run was killed.
-    const auto g = generation_options(dir, o.max_new_tokens, o.greedy, o.temperature,
-                                      o.seed + static_cast<uint64_t>(s.done_before));
+    auto g = generation_options(dir, o.max_new_tokens, o.greedy, o.temperature,
+                                o.seed + static_cast<uint64_t>(s.done_before));
+    // --save-logits K: each trace's top-K teacher log-probs go to <stem>.topk.bin before its JSONL line, so a
+    // killed run never has a line without its logits (a record without a line is dropped on resume, and redone).
+    std::optional<data::TopkWriter> topk;
+    std::vector<data::TopkRecord> logits(o.save_logits > 0 ? todo.size() : 0);
+    if (o.save_logits > 0) {
+      DISTILL_CHECK(o.save_logits <= 4096, "--save-logits K must be at most 4096");
+      g.on_logits = [&](size_t i, std::span<const float> l) {
+        if (!topk)
+          topk.emplace(topk_path(out), static_cast<uint32_t>(o.save_logits), static_cast<uint32_t>(l.size()), &done);
+        data::TopkRecord& r = logits[i];
+        if (r.k == 0) {
+          r.k = o.save_logits;
+          r.id = todo[i]->id;
+        }
+        r.append_row(l.data(), static_cast<int64_t>(l.size()));
+      };
+    }
     runner->generate(prompts, g, o.batch_size, [&](size_t i, const generate::Generation& row) {
+      if (o.save_logits > 0 && topk) {
+        topk->append(logits[i]);
+        logits[i] = data::TopkRecord{};
+      }
       const auto rec =
           data::TraceRecord::make(todo[i]->id, todo[i]->question, todo[i]->answer, ct.decode(row.tokens),
                                   static_cast<int64_t>(row.tokens.size()), row.finish == generate::Finish::Length);

@@ -42,7 +42,8 @@ struct GenerateOpts {
   int64_t limit = 0;  // first N questions only
   int64_t batch_size = 16;
   int64_t max_new_tokens = 4096;
-  bool greedy = false;  // default: the teacher's generation_config.json sampling
+  int64_t save_logits = 0;  // K > 0: the teacher's top-K log-probs per generated position in <stem>.topk.bin
+  bool greedy = false;      // default: the teacher's generation_config.json sampling
   std::optional<double> temperature;
   uint64_t seed = 0;
   bool strict = false;
@@ -62,6 +63,7 @@ GenerateSummary run_generate(const GenerateOpts& o, std::ostream& err);
 // number accepted; a summary of the reasons for rejection goes to err. Nothing accepted is an error.
 int64_t write_accepted(const std::string& traces, const std::string& accepted, bool strict, std::ostream& err);
 std::string accepted_path(const std::string& traces);
+std::string topk_path(const std::string& traces);  // <stem>.topk.bin (generate --save-logits)
 
 struct TrainOpts : app::TrainCmd {
   std::vector<std::string> traces;  // trace files (generate's output, any shards) or accepted files

@@ -3,7 +3,8 @@
 #   == an uninterrupted run (the same records; their order follows the continuous batching); malformed input lines reported with their line number and skipped, or
 #   fatal with --strict; an empty data set and a fully-filtered one are clear errors; train killed and resumed ==
 #   uninterrupted (adapter bytes); mpirun -np 2 train == one process with twice the batch; metrics and the plot
-#   beside them; eval's before/after table; --config; ask.
+#   beside them; eval's before/after table; --config; ask; --save-logits (one top-K record per trace, a row per
+#   generated token, unchanged by kill + resume; a cut file is a clear error).
 # Inputs: -DAPP=<gsm8k_distill> -DMODELS=<dir with teacher/ and student/> -DWORK=<dir> -DDISTILL=<distill tool>
 # [-DMPIEXEC=<mpirun>]
 file(REMOVE_RECURSE "${WORK}")
@@ -49,7 +50,7 @@ expect_match("demo table" "${out}" "student before")
 set(questions "${WORK}/demo/seed-1/questions.jsonl")
 
 set(gen generate --teacher "${MODELS}/teacher" --data "${questions}" --batch-size 4 --greedy --max-new-tokens 160
-    --limit 16 --threads 1 --quiet)
+    --limit 16 --threads 1 --quiet --save-logits 5)
 run(0 "${APP}" ${gen} --out "${WORK}/straight/traces.jsonl")
 expect_match("generate summary" "${out}" "^16 records, [0-9]+ accepted")
 run(86 ${CMAKE_COMMAND} -E env DISTILL_TEST_KILL_AT=generate:batch:2 "${APP}" ${gen} --out "${WORK}/killed/traces.jsonl")
@@ -61,6 +62,26 @@ same("${WORK}/straight/traces.accepted.jsonl" "${WORK}/killed/traces.accepted.js
 file(COPY_FILE "${WORK}/killed/traces.jsonl" "${WORK}/traces.before.jsonl")
 run(0 "${APP}" ${gen} --out "${WORK}/killed/traces.jsonl")  # all done: nothing to generate, nothing duplicated
 same("${WORK}/killed/traces.jsonl" "${WORK}/traces.before.jsonl")
+
+# --save-logits 5: one top-5 record per trace with a row per generated token, the same after the kill and resume.
+set(tokens 0)
+file(STRINGS "${WORK}/straight/traces.jsonl" recs)
+foreach(r IN LISTS recs)
+  string(JSON n GET "${r}" tokens)
+  math(EXPR tokens "${tokens} + ${n}")
+endforeach()
+run(0 "${DISTILL}" topk-info "${WORK}/straight/traces.topk.bin")
+expect_match("top-k file" "${out}" "\"k\":5,\"positions\":${tokens},\"records\":16,")
+set(topk_straight "${out}")
+run(0 "${DISTILL}" topk-info "${WORK}/killed/traces.topk.bin")
+if(NOT out STREQUAL topk_straight)
+  message(FATAL_ERROR "top-k files differ after kill and resume:\n${topk_straight}\n${out}")
+endif()
+file(SIZE "${WORK}/straight/traces.topk.bin" topk_size)
+math(EXPR cut "${topk_size} - 3")
+execute_process(COMMAND head -c ${cut} "${WORK}/straight/traces.topk.bin" OUTPUT_FILE "${WORK}/cut.topk.bin")
+run(1 "${DISTILL}" topk-info "${WORK}/cut.topk.bin")
+expect_match("a cut top-k file" "${err}" "truncated inside record 16")
 
 # A malformed line (line 3) is reported with its line number and skipped; --strict makes it fatal.
 file(STRINGS "${questions}" lines LIMIT_COUNT 4)

@@ -27,6 +27,8 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "distill/core/error.hpp"
@@ -255,14 +257,37 @@ inline size_t repair_topk_tail(const std::string& path) {
 // Appends records to a top-k file (creating it with its header); each append is one write + flush.
 class TopkWriter {
  public:
-  TopkWriter(const std::string& path, uint32_t k, uint32_t vocab) : path_(path), k_(k) {
+  // `keep` (optional): the ids whose records an existing file may keep -- a resumed generate passes the traces
+  // already in its JSONL; records of other ids (a trace whose JSONL line was never written) are dropped, since
+  // that trace is generated again.
+  TopkWriter(const std::string& path, uint32_t k, uint32_t vocab, const std::unordered_set<std::string>* keep = nullptr)
+      : path_(path), k_(k) {
     repair_topk_tail(path);
     std::error_code ec;
     const bool fresh = !std::filesystem::exists(path, ec) || std::filesystem::file_size(path, ec) == 0;
     if (!fresh) {
-      const TopkReader r(path);
-      DISTILL_CHECK(r.k() == k && r.vocab() == vocab, path, ": holds K = ", r.k(), " over ", r.vocab(),
-                    " tokens; this run asks for K = ", k, " over ", vocab, " (use another --out, or the same K)");
+      std::string kept;
+      bool drop = false;
+      {
+        const io::MappedFile f(path);
+        const TopkIndex ix = index_topk(f.bytes(), path);
+        DISTILL_CHECK(ix.k == k && ix.vocab == vocab, path, ": holds K = ", ix.k, " over ", ix.vocab,
+                      " tokens; this run asks for K = ", k, " over ", vocab, " (use another --out, or the same K)");
+        if (keep) {
+          kept = detail_topk::header(k, vocab);
+          std::vector<std::pair<size_t, size_t>> spans;  // kept records, in file order
+          for (const auto& [id, e] : ix.records) {
+            const size_t len = kTopkRecordHeaderBytes + id.size() + static_cast<size_t>(e.positions) * (8 * k + 4);
+            if (keep->count(id))
+              spans.emplace_back(e.offset, len);
+            else
+              drop = true;
+          }
+          std::sort(spans.begin(), spans.end());
+          for (const auto& [off, len] : spans) kept.append(reinterpret_cast<const char*>(f.data() + off), len);
+        }
+      }
+      if (drop) io::atomic_write(path, std::string_view(kept));
     }
     f_ = std::fopen(path.c_str(), "ab");
     if (!f_) throw Error(path + ": cannot open for appending");

@@ -17,6 +17,7 @@
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -35,6 +36,10 @@ struct GenerateOptions {
   std::vector<int64_t> stop_ids;  // empty: the model's eos_token_ids
   bool ignore_stop = false;       // generate exactly max_new_tokens (benchmarks)
   SamplingParams sampling;
+  // Called with prompt i's raw next-token logits [V] (f32, before any sampling transform) each time a token is
+  // generated for it, before that token is sampled: the teacher's distribution at every generated position
+  // (gsm8k_distill generate --save-logits keeps its top-K).
+  std::function<void(size_t prompt, std::span<const float> logits)> on_logits;
 };
 
 struct Generation {
@@ -133,6 +138,7 @@ GenerateResult generate(const Model& m, const std::vector<std::vector<int32_t>>&
     std::vector<int64_t> still;
     for (size_t i = 0; i < rows.size(); ++i) {
       const size_t r = static_cast<size_t>(rows[i]);
+      if (o.on_logits) o.on_logits(r, std::span<const float>(l.data() + i * V, static_cast<size_t>(V)));
       const int32_t tok = static_cast<int32_t>(setup.samplers[r].next(std::span<const float>(l.data() + i * V, V)));
       Generation& g = res.rows[r];
       g.tokens.push_back(tok);
@@ -209,6 +215,7 @@ GenerateResult generate_continuous(const Model& m, const std::vector<std::vector
     for (size_t i = 0; i < rows.size(); ++i) {
       const size_t r = static_cast<size_t>(rows[i]);
       const size_t q = static_cast<size_t>(owner[r]);
+      if (o.on_logits) o.on_logits(q, std::span<const float>(l.data() + i * V, static_cast<size_t>(V)));
       const int32_t tok = static_cast<int32_t>(setup.samplers[q].next(std::span<const float>(l.data() + i * V, V)));
       Generation& g = res.rows[q];
       g.tokens.push_back(tok);
