@@ -147,6 +147,19 @@ int main(int argc, char** argv) {
   train->add_option("--max-steps", tr.max_steps, "Stop after this many steps (overrides --epochs)")->default_val(0);
   train->add_option("--max-len", tr.max_len, "Tokens per example (truncated) / per packed row")->default_val(2048);
   train->add_flag("--packing", tr.packing, "Pack several examples per row (no attention across them)");
+  train
+      ->add_option("--mode", tr.mode,
+                   "sft: the labels only; kl, rkl, jsd: also the teacher's next-token distribution (forward KL, "
+                   "reverse KL, JSD(beta)) over the trained positions; needs --teacher with the same tokenizer")
+      ->check(CLI::IsMember({"sft", "kl", "rkl", "jsd"}))
+      ->capture_default_str();
+  train->add_option("--teacher", tr.teacher,
+                    "Teacher checkpoint for --mode kl/rkl/jsd (same tokenizer as the student)");
+  train->add_option("--kd-weight", tr.kd_weight, "Weight of the distillation loss")->capture_default_str();
+  train->add_option("--ce-weight", tr.ce_weight, "Weight of the cross-entropy on the labels")->capture_default_str();
+  train->add_option("--temperature", tr.temperature, "Distillation temperature T (the loss is scaled by T^2)")
+      ->capture_default_str();
+  train->add_option("--beta", tr.beta, "JSD's teacher weight in the mixture, in (0, 1)")->capture_default_str();
   train->add_flag("--grad-checkpoint", tr.grad_checkpoint, "Recompute each block in backward (less memory)");
   train->add_option("--save-every", tr.save_every, "Checkpoint every N steps (also at each epoch end)")->default_val(0);
   train->add_option("--seed", tr.seed, "Seed of data order, adapter init and dropout")->default_val(3407);

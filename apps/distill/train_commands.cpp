@@ -1,6 +1,7 @@
 // The train, quantize and merge subcommands (declared in train_commands.hpp).
 #include "train_commands.hpp"
 
+#include <Eigen/Core>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -9,6 +10,7 @@
 #include <sys/resource.h>
 
 #include "distill/data/jsonl.hpp"
+#include "distill/io/hf_hub.hpp"
 #include "distill/models/export.hpp"
 #include "distill/text/chat.hpp"
 #include "distill/train/plot.hpp"
@@ -80,6 +82,35 @@ inline std::vector<data::SftExample> read_examples(const std::string& path, cons
   return out;
 }
 
+// A teacher with the student's tokenizer, as the trainer's callback: one forward without the tape per
+// micro-batch (f32), its logits handed out by rows of the [B * T] positions (hidden rows @ lm_head^T).
+inline std::function<train::TeacherRows(const Tensor<int32_t>&, const Tensor<int32_t>&)> load_teacher(
+    const std::string& dir, int64_t student_vocab) {
+  const io::ModelConfig cfg = io::load_model_config(dir);
+  DISTILL_CHECK(cfg.vocab_size == student_vocab, "--teacher ", dir, ": its vocabulary has ", cfg.vocab_size,
+                " tokens, the student's ", student_vocab,
+                "; kl/rkl/jsd compare the two distributions token by token and need the same tokenizer");
+  auto make = [&]<models::TransformerSpec S>() {
+    auto m = std::make_shared<const models::Transformer<S, float>>(models::Transformer<S, float>::load(dir));
+    DISTILL_CHECK(m->dims().final_softcap == 0, "--teacher ", dir, ": final logit softcaps are not supported here");
+    return [m](const Tensor<int32_t>& ids, const Tensor<int32_t>& mask) -> train::TeacherRows {
+      autograd::NoGradGuard ng;
+      const Tensor<float> h = m->hidden(ids, mask).value().contiguous();
+      const Tensor<float> w = m->weights().lm_head.value().contiguous();
+      const int64_t V = w.dim(0), H = w.dim(1);
+      return [h, w, V, H](int64_t r0, int64_t r1) {
+        using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+        Tensor<float> out = Tensor<float>::zeros({r1 - r0, V});
+        Eigen::Map<Mat>(out.data(), r1 - r0, V).noalias() =
+            Eigen::Map<const Mat>(h.data() + r0 * H, r1 - r0, H) * Eigen::Map<const Mat>(w.data(), V, H).transpose();
+        return out;
+      };
+    };
+  };
+  if (cfg.arch == io::ModelArch::Qwen3) return make.template operator()<models::qwen3::kFamily>();
+  return make.template operator()<models::gemma3::kFamily>();
+}
+
 }  // namespace detail
 
 void run_train(const TrainCmd& o, std::ostream& log, std::ostream& err) {
@@ -140,6 +171,20 @@ void run_train(const TrainCmd& o, std::ostream& log, std::ostream& err) {
       };
     }
     train::SftTrainer<Spec, T> tr(model, lc, std::move(ex), tc);
+    const bool distilling = o.mode != "sft";
+    if (distilling) {
+      DISTILL_CHECK(o.mode == "kl" || o.mode == "rkl" || o.mode == "jsd", "--mode must be sft, kl, rkl or jsd, got \"",
+                    o.mode, "\"");
+      DISTILL_CHECK(!o.teacher.empty(), "--mode ", o.mode, " needs --teacher DIR (a teacher with the same tokenizer)");
+      train::DistillConfig dc;
+      dc.kd.div = train::parse_kd_divergence(o.mode);
+      dc.kd.temperature = o.temperature;
+      dc.kd.beta = o.beta;
+      dc.ce_weight = o.ce_weight;
+      dc.kd_weight = o.kd_weight;
+      dc.teacher = detail::load_teacher(io::resolve_model_dir(o.teacher), model.dims().vocab);
+      tr.set_distillation(std::move(dc));
+    }
     int64_t from = 0;
     if (o.resume) {
       from = tr.resume();
@@ -192,6 +237,10 @@ void run_train(const TrainCmd& o, std::ostream& log, std::ostream& err) {
                        {"seconds", l.seconds},
                        {"tokens_per_second", static_cast<double>(l.seq_tokens) / std::max(l.seconds, 1e-9)},
                        {"peak_rss_mb", detail::peak_rss_mb()}};
+      if (distilling) {
+        j["ce_loss"] = l.ce_loss;
+        j["kd_loss"] = l.kd_loss;
+      }
       logw.write(j);
       log << j.dump() << '\n' << std::flush;
       char f[160];

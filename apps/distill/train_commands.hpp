@@ -39,6 +39,11 @@ struct TrainCmd : ModelOptions {
   bool resume = false;
   int64_t limit = 0;  // use only the first N records
   bool quiet = false;
+  // Logit distillation from a teacher with the student's tokenizer (train/kd.hpp): mode sft (labels only), kl,
+  // rkl or jsd; loss = ce_weight * CE + kd_weight * KD.
+  std::string mode = "sft";
+  std::string teacher;  // the teacher's checkpoint directory (kl, rkl, jsd)
+  double kd_weight = 0.5, ce_weight = 0.5, temperature = 1.0, beta = 0.5;
 };
 
 struct QuantizeCmd {

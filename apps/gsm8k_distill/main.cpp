@@ -113,6 +113,17 @@ int main(int argc, char** argv) {
   tr->add_option("--target", t.targets, "Target modules (default: all seven projections)");
   tr->add_flag("--no-quantize{false}", t.quantize, "LoRA on the dense base instead of NF4 (QLoRA)");
   tr->add_flag("--packing", t.packing, "Pack several examples per row");
+  tr->add_option("--mode", t.mode,
+                 "sft: the labels only; kl, rkl, jsd: also the teacher's next-token distribution (forward KL, "
+                 "reverse KL, JSD(beta)) over the trained positions; needs --teacher with the same tokenizer")
+      ->check(CLI::IsMember({"sft", "kl", "rkl", "jsd"}))
+      ->capture_default_str();
+  tr->add_option("--teacher", t.teacher, "Teacher checkpoint for --mode kl/rkl/jsd (same tokenizer as the student)");
+  tr->add_option("--kd-weight", t.kd_weight, "Weight of the distillation loss")->capture_default_str();
+  tr->add_option("--ce-weight", t.ce_weight, "Weight of the cross-entropy on the labels")->capture_default_str();
+  tr->add_option("--temperature", t.temperature, "Distillation temperature T (the loss is scaled by T^2)")
+      ->capture_default_str();
+  tr->add_option("--beta", t.beta, "JSD's teacher weight in the mixture, in (0, 1)")->capture_default_str();
   tr->add_flag("--grad-checkpoint", t.grad_checkpoint, "Activation checkpointing per block");
   tr->add_option("--save-every", t.save_every, "Also checkpoint every N steps (0: per epoch and at the end)");
   tr->add_option("--seed", t.seed, "Seed (LoRA init, shuffle, dropout)")->capture_default_str();

@@ -4,7 +4,7 @@
 #   fatal with --strict; an empty data set and a fully-filtered one are clear errors; train killed and resumed ==
 #   uninterrupted (adapter bytes); mpirun -np 2 train == one process with twice the batch; metrics and the plot
 #   beside them; eval's before/after table; --config; ask; --save-logits (one top-K record per trace, a row per
-#   generated token, unchanged by kill + resume; a cut file is a clear error).
+#   generated token, unchanged by kill + resume; a cut file is a clear error); train --mode jsd --teacher.
 # Inputs: -DAPP=<gsm8k_distill> -DMODELS=<dir with teacher/ and student/> -DWORK=<dir> -DDISTILL=<distill tool>
 # [-DMPIEXEC=<mpirun>]
 file(REMOVE_RECURSE "${WORK}")
@@ -117,6 +117,21 @@ list(LENGTH ckpts n_ckpts)
 if(NOT EXISTS "${WORK}/t_straight/train_curves.svg" OR n_ckpts LESS 2)
   message(FATAL_ERROR "train: expected train_curves.svg and complete checkpoints, got ${n_ckpts}")
 endif()
+
+# Logit distillation (--mode jsd) from the demo teacher into a student with its tokenizer (a 1-layer random model
+# with the teacher's config, made by distill random-model); both loss parts in the metrics. Without --teacher, or
+# with a teacher whose tokenizer differs (the demo's Gemma3 student), a clear error.
+run(0 "${DISTILL}" random-model --config "${MODELS}/teacher/config.json" --layers 1 --tokenizer "${MODELS}/teacher"
+    --out "${WORK}/kd_student")
+set(kd train --traces "${WORK}/straight/traces.jsonl" --max-steps 2 --batch-size 2 --grad-accum 1 --no-quantize
+    --threads 1 --quiet)
+run(0 "${APP}" ${kd} --student "${WORK}/kd_student" --out "${WORK}/kd" --mode jsd --teacher "${MODELS}/teacher")
+file(STRINGS "${WORK}/kd/train_log.jsonl" kdlog LIMIT_COUNT 1)
+expect_match("kd metrics" "${kdlog}" "\"ce_loss\":[0-9.e-]+.*\"kd_loss\":[0-9.e-]+")
+run(1 "${APP}" ${kd} --student "${WORK}/kd_student" --out "${WORK}/kd2" --mode kl)
+expect_match("kd without a teacher" "${err}" "needs --teacher")
+run(1 "${APP}" ${kd} --student "${MODELS}/student" --out "${WORK}/kd3" --mode kl --teacher "${MODELS}/teacher")
+expect_match("kd across tokenizers" "${err}" "need the same tokenizer")
 
 # Data parallel: mpirun -np 2 with micro-batch 2 == one process with micro-batch 4 (within f32 tolerance).
 if(MPIEXEC)

@@ -32,6 +32,7 @@
 #include "distill/data/sft.hpp"
 #include "distill/models/adapter.hpp"
 #include "distill/train/adamw.hpp"
+#include "distill/train/kd.hpp"
 #include "distill/train/loss.hpp"
 #include "distill/train/schedule.hpp"
 
@@ -70,11 +71,25 @@ struct TrainerConfig {
   std::function<void(const std::string&)> fault;
 };
 
+// Logit distillation in the trainer (kd.hpp), for a teacher with the student's tokenizer: each micro-batch's loss
+// becomes ce_weight * CE(student, labels) + kd_weight * KD(teacher || student), KD over the same trained positions
+// (label != -100 after the shift) and normalized like the CE by the step's global count of trained tokens. The
+// teacher sees the student's token ids: `teacher(ids, attention_mask)` runs it once per micro-batch and returns its
+// logits by rows of the flattened [B * T] positions (TeacherRows); the fused loss then holds only chunk_rows rows of
+// logits at a time. f32 students only (the fused KD loss is f32).
+struct DistillConfig {
+  KdConfig kd;
+  double ce_weight = 0.5, kd_weight = 0.5;
+  int64_t chunk_rows = 256;
+  std::function<TeacherRows(const Tensor<int32_t>& ids, const Tensor<int32_t>& attention_mask)> teacher;
+};
+
 struct StepLog {
   int64_t step = 0;  // 1-based, after the update
   int64_t total_steps = 0;
   double epoch = 0;  // fractional
   double loss = 0;
+  double ce_loss = 0, kd_loss = 0;  // the two components (unweighted) when distilling; 0 otherwise
   double grad_norm = 0;
   double lr = 0;
   int64_t tokens = 0;      // trained tokens of the step
@@ -158,6 +173,24 @@ class SftTrainer {
     return items;
   }
 
+  // Distill from a teacher's logits as well as (or instead of) the labels (see DistillConfig).
+  void set_distillation(DistillConfig d) {
+    DISTILL_CHECK(static_cast<bool>(d.teacher), "SftTrainer: distillation needs a teacher");
+    DISTILL_CHECK(d.ce_weight >= 0 && d.kd_weight >= 0 && d.ce_weight + d.kd_weight > 0,
+                  "SftTrainer: distillation weights must be >= 0 and not both 0 (ce ", d.ce_weight, ", kd ",
+                  d.kd_weight, ")");
+    DISTILL_CHECK((std::is_same_v<T, float> && std::is_same_v<D, Cpu>),
+                  "SftTrainer: logit distillation runs with an f32 student on the CPU (for now)");
+    DISTILL_CHECK(!cfg_.packing,
+                  "SftTrainer: logit distillation does not pack examples (the teacher would attend "
+                  "across them); turn packing off");
+    DISTILL_CHECK(model_.dims().final_softcap == 0,
+                  "SftTrainer: logit distillation needs a model without a final "
+                  "logit softcap");
+    d.kd.validate();
+    distill_ = std::move(d);
+  }
+
   int64_t total_steps() const { return total_steps_; }
   int64_t steps_per_epoch() const { return steps_per_epoch_; }
   int64_t step() const { return step_; }
@@ -229,13 +262,25 @@ class SftTrainer {
                   "): none of its examples has a trained (assistant) token after truncation; check max_len and the "
                   "data");
     opt_->zero_grad();
-    double loss = 0;
+    double loss = 0, ce_sum = 0, kd_sum = 0;
     for (size_t m = 0; m < mbs.size(); ++m) {
       models::RunOptions run;
       run.train = true;
       run.seed = nn::derive_seed(cfg_.seed, static_cast<uint64_t>(step_) * 1024 + m);
       run.checkpoint_blocks = cfg_.checkpoint_blocks;
       if (cfg_.packing) run.segments = mbs[m].segments;
+      if (distill_.teacher) {
+        if constexpr (std::is_same_v<T, float> && std::is_same_v<D, Cpu>) {
+          const auto [ce, kd] = distill_loss(mbs[m], num_items, run);
+          ce_sum += static_cast<double>(ce.value().data()[0]);
+          kd_sum += static_cast<double>(kd.value().data()[0]);
+          const Var<float> l =
+              ce * static_cast<float>(distill_.ce_weight) + kd * static_cast<float>(distill_.kd_weight);
+          loss += static_cast<double>(l.value().data()[0]);
+          l.backward();
+        }
+        continue;
+      }
       const Var<T, D> l = causal_lm_loss(model_, mbs[m].ids, mbs[m].labels, mbs[m].attention_mask, num_items, run);
       loss += static_cast<double>(to_compute<T>(l.value().template to<Cpu>().data()[0]));
       l.backward();
@@ -248,7 +293,11 @@ class SftTrainer {
           cfg_.allreduce_f32(std::span<float>(g.data(), static_cast<size_t>(g.numel())));
         }
       }
-      cfg_.allreduce_f64(std::span<double>(&loss, 1));
+      double l3[3] = {loss, ce_sum, kd_sum};
+      cfg_.allreduce_f64(std::span<double>(l3, 3));
+      loss = l3[0];
+      ce_sum = l3[1];
+      kd_sum = l3[2];
     }
     const double norm = grad_global_norm<D>(std::span<const Var<float, D>>(params));
     const double scale = cfg_.max_grad_norm > 0 ? clip_coefficient(norm, cfg_.max_grad_norm) : 1.0;
@@ -263,6 +312,8 @@ class SftTrainer {
     log.total_steps = total_steps_;
     log.epoch = static_cast<double>(epoch) + static_cast<double>(last) / static_cast<double>(items_per_epoch_);
     log.loss = loss;
+    log.ce_loss = ce_sum;
+    log.kd_loss = kd_sum;
     log.grad_norm = norm;
     log.lr = lr;
     log.tokens = num_items;
@@ -335,6 +386,25 @@ class SftTrainer {
   }
 
  private:
+  // One micro-batch's (CE, KD), each already divided by the step's trained-token count.
+  std::pair<Var<float>, Var<float>> distill_loss(
+      const data::Batch& mb, int64_t num_items,
+      const models::RunOptions& run) requires(std::is_same_v<T, float>&& std::is_same_v<D, Cpu>) {
+    const Tensor<int32_t> targets = shift_labels(mb.labels);
+    const Var<float> h = model_.hidden(mb.ids, mb.attention_mask, nullptr, run);
+    const Var<float>& head = model_.weights().lm_head;
+    const Var<float> ce =
+        linear_cross_entropy(h, head, targets) *
+        static_cast<float>(static_cast<double>(count_targets(mb.labels)) / static_cast<double>(num_items));
+    Tensor<int32_t> valid = Tensor<int32_t>::zeros({targets.numel()});
+    const Tensor<int32_t> tc = targets.contiguous();
+    for (int64_t i = 0; i < tc.numel(); ++i) valid.data()[i] = tc.data()[i] != kIgnoreIndex;
+    const TeacherRows rows = distill_.teacher(mb.ids, mb.attention_mask);
+    const Var<float> kd =
+        linear_kd_loss(h, head, rows, valid, distill_.kd, static_cast<double>(num_items), distill_.chunk_rows);
+    return {ce, kd};
+  }
+
   void load_checkpoint_unchecked(const std::string& dir) {
     namespace fs = std::filesystem;
     DISTILL_CHECK(fs::exists(fs::path(dir) / "COMPLETE"), dir, ": incomplete checkpoint (no COMPLETE marker)");
@@ -444,6 +514,7 @@ class SftTrainer {
   std::vector<std::vector<int64_t>> items_;  // pack_items()
   int64_t items_per_epoch_ = 0, steps_per_epoch_ = 0, total_steps_ = 0, step_ = 0;
   std::vector<StepLog> history_;
+  DistillConfig distill_;
 };
 
 }  // namespace distill::train
