@@ -1,7 +1,6 @@
 // The train, quantize and merge subcommands (declared in train_commands.hpp).
 #include "train_commands.hpp"
 
-#include <Eigen/Core>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -97,14 +96,7 @@ inline std::function<train::TeacherRows(const Tensor<int32_t>&, const Tensor<int
       autograd::NoGradGuard ng;
       const Tensor<float> h = m->hidden(ids, mask).value().contiguous();
       const Tensor<float> w = m->weights().lm_head.value().contiguous();
-      const int64_t V = w.dim(0), H = w.dim(1);
-      return [h, w, V, H](int64_t r0, int64_t r1) {
-        using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-        Tensor<float> out = Tensor<float>::zeros({r1 - r0, V});
-        Eigen::Map<Mat>(out.data(), r1 - r0, V).noalias() =
-            Eigen::Map<const Mat>(h.data() + r0 * H, r1 - r0, H) * Eigen::Map<const Mat>(w.data(), V, H).transpose();
-        return out;
-      };
+      return [h, w](int64_t r0, int64_t r1) { return train::head_logits(h, w, r0, r1); };
     };
   };
   if (cfg.arch == io::ModelArch::Qwen3) return make.template operator()<models::qwen3::kFamily>();

@@ -32,6 +32,8 @@
 
 #include "distill/autograd/var.hpp"
 #include "distill/core/parallel.hpp"
+#include "distill/ops/cross_entropy.hpp"
+#include "distill/ops/reduce.hpp"
 
 namespace distill::train {
 
@@ -119,27 +121,8 @@ inline double kd_row(const double* s, const double* t, int64_t V, const KdConfig
 
 namespace detail_kd {
 
-template <class T>
-double to_f64(T x) {
-  if constexpr (std::is_same_v<T, double>)
-    return x;
-  else
-    return static_cast<double>(static_cast<float>(x));
-}
-
-template <class T>
-T from_f64(double x) {
-  if constexpr (std::is_same_v<T, double>)
-    return x;
-  else
-    return static_cast<T>(static_cast<float>(x));
-}
-
-template <class T>
-double grad_scalar(const Tensor<T>& g) {
-  DISTILL_CHECK(g.numel() == 1, "a loss gradient must have one element, got ", g.shape().str());
-  return to_f64(g.contiguous().data()[0]);
-}
+using distill::detail::rowwise::f64;          // an element as a double, through its compute type
+using distill::detail::rowwise::grad_scalar;  // a loss's upstream gradient
 
 inline std::vector<uint8_t> valid_rows(const Tensor<int32_t>& valid, int64_t N, const char* who) {
   std::vector<uint8_t> ok(static_cast<size_t>(N), 1);
@@ -157,29 +140,60 @@ inline double norm_of(double norm, const std::vector<uint8_t>& ok) {
   return n;
 }
 
-// Divergences of rows [r0, r1) from row-major student/teacher values (any element type), in parallel; when g != 0,
-// the gradient rows (times g) are added to dst (row-major doubles, rows r0.. at dst).
-template <class S, class U>
-void rows(const S* s, const U* t, int64_t r0, int64_t r1, int64_t V, const std::vector<uint8_t>& ok, const KdConfig& c,
-          double* d_out, double g, double* dst) {
+// Rows [r0, r1) of row-major student values s (VS per row) and teacher values t (VT per row), any element types,
+// in parallel over valid rows: d_out[i] = row(s_row, t_row, grad_row, work) with the rows as doubles; grad_row
+// (dst + i * VS) is null when dst is. Invalid rows get 0. `work_size` doubles of scratch per thread.
+template <class S, class U, class Row>
+void rows(const S* s, int64_t VS, const U* t, int64_t VT, int64_t r0, int64_t r1, const std::vector<uint8_t>& ok,
+          int64_t work_size, double* d_out, double* dst, const Row& row) {
   parallel_for(r1 - r0, 1, [&](int64_t a, int64_t b) {
-    std::vector<double> sv(static_cast<size_t>(V)), tv(static_cast<size_t>(V)), work(static_cast<size_t>(3 * V));
+    std::vector<double> sv(static_cast<size_t>(VS)), tv(static_cast<size_t>(VT)), work(static_cast<size_t>(work_size));
     for (int64_t i = a; i < b; ++i) {
-      const int64_t r = r0 + i;
-      if (!ok[static_cast<size_t>(r)]) {
+      if (!ok[static_cast<size_t>(r0 + i)]) {
         d_out[i] = 0;
         continue;
       }
-      for (int64_t v = 0; v < V; ++v) {
-        sv[static_cast<size_t>(v)] = to_f64(s[i * V + v]);
-        tv[static_cast<size_t>(v)] = to_f64(t[i * V + v]);
-      }
-      d_out[i] = ref::kd_row(sv.data(), tv.data(), V, c, g, dst ? dst + i * V : nullptr, work.data());
+      for (int64_t v = 0; v < VS; ++v) sv[static_cast<size_t>(v)] = f64(s[i * VS + v]);
+      for (int64_t v = 0; v < VT; ++v) tv[static_cast<size_t>(v)] = f64(t[i * VT + v]);
+      d_out[i] = row(sv.data(), tv.data(), dst ? dst + i * VS : nullptr, work.data());
     }
   });
 }
 
+// The divergence rows of kd.hpp's KdConfig (same vocabulary on both sides).
+template <class S, class U>
+void kd_rows(const S* s, const U* t, int64_t r0, int64_t r1, int64_t V, const std::vector<uint8_t>& ok,
+             const KdConfig& c, double* d_out, double g, double* dst) {
+  rows(s, V, t, V, r0, r1, ok, 3 * V, d_out, dst, [&](const double* sv, const double* tv, double* grad, double* work) {
+    return ref::kd_row(sv, tv, V, c, g, grad, work);
+  });
+}
+
+// A loss value as the element type T.
+template <class T>
+T as_value(double x) {
+  return from_compute<T>(static_cast<compute_t<T>>(x));
+}
+
+// Adds a double gradient (row-major, the Var's element count) into its contiguous gradient buffer.
+template <class T>
+void add_grad(Tensor<T>& gb, const std::vector<double>& gr, const char* who) {
+  DISTILL_CHECK(gb.is_contiguous(), who, ": the gradient buffer must be contiguous");
+  for (int64_t i = 0; i < gb.numel(); ++i) gb.data()[i] = as_value<T>(f64(gb.data()[i]) + gr[static_cast<size_t>(i)]);
+}
+
 }  // namespace detail_kd
+
+// Rows [r0, r1) of hidden [N, C] @ weight[V, C]^T (both contiguous) as f32 [r1 - r0, V]: a model's logits a chunk
+// of positions at a time (the student's in linear_kd_loss; a same-tokenizer teacher's TeacherRows).
+inline Tensor<float> head_logits(const Tensor<float>& hidden, const Tensor<float>& weight, int64_t r0, int64_t r1) {
+  using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const int64_t C = weight.dim(1), V = weight.dim(0);
+  Tensor<float> out = Tensor<float>::zeros({r1 - r0, V});
+  Eigen::Map<Mat>(out.data(), r1 - r0, V).noalias() = Eigen::Map<const Mat>(hidden.data() + r0 * C, r1 - r0, C) *
+                                                      Eigen::Map<const Mat>(weight.data(), V, C).transpose();
+  return out;
+}
 
 // student [N, V] (or [..., V]), teacher of the same shape (constant), valid [N] (nonzero: the position counts;
 // an undefined Tensor<int32_t>(): all) -> a rank-0 Var: scale * sum_valid divergence / norm (norm 0: the number of
@@ -197,22 +211,18 @@ Var<T> kd_loss(const Var<T>& student, const Tensor<U>& teacher, const Tensor<int
   const Tensor<T> s = student.value().contiguous();
   const Tensor<U> t = teacher.contiguous();
   std::vector<double> d(static_cast<size_t>(N));
-  detail_kd::rows(s.data(), t.data(), 0, N, V, *ok, c, d.data(), 0.0, nullptr);
+  detail_kd::kd_rows(s.data(), t.data(), 0, N, V, *ok, c, d.data(), 0.0, nullptr);
   double sum = 0;
   for (double x : d) sum += x;
   const double loss = nrm > 0 ? c.scale() * sum / nrm : 0.0;
-  return Var<T>::record("kd_loss", Tensor<T>::full(Shape(), detail_kd::from_f64<T>(loss)), {student.node()},
+  return Var<T>::record("kd_loss", Tensor<T>::full(Shape(), detail_kd::as_value<T>(loss)), {student.node()},
                         [student, t, ok, c, nrm, N, V](auto& self) {
                           if (!student.requires_grad() || nrm <= 0) return;
                           const double g = detail_kd::grad_scalar(self.grad) * c.scale() / nrm;
                           const Tensor<T> s = student.value().contiguous();
                           std::vector<double> dd(static_cast<size_t>(N)), gr(static_cast<size_t>(N * V), 0.0);
-                          detail_kd::rows(s.data(), t.data(), 0, N, V, *ok, c, dd.data(), g, gr.data());
-                          Tensor<T>& gb = student.grad_buffer();
-                          DISTILL_CHECK(gb.is_contiguous(), "kd_loss: the gradient buffer must be contiguous");
-                          for (int64_t i = 0; i < N * V; ++i)
-                            gb.data()[i] =
-                                detail_kd::from_f64<T>(detail_kd::to_f64(gb.data()[i]) + gr[static_cast<size_t>(i)]);
+                          detail_kd::kd_rows(s.data(), t.data(), 0, N, V, *ok, c, dd.data(), g, gr.data());
+                          detail_kd::add_grad(student.grad_buffer(), gr, "kd_loss");
                         });
 }
 
@@ -299,39 +309,25 @@ Var<T> uld_loss(const Var<T>& student, const Tensor<U>& teacher, const Tensor<in
   const auto ok = std::make_shared<const std::vector<uint8_t>>(detail_kd::valid_rows(valid, N, "uld_loss"));
   const double nrm = detail_kd::norm_of(norm, *ok);
   const Tensor<U> t = teacher.contiguous();
-  // Rows in parallel; d[i] per row, gradient rows (times g) into gr when given.
+  // d[i] per row; gradient rows (times g) into gr when given.
   auto run = [N, VS, VT, temperature, ok](const Tensor<T>& s, const Tensor<U>& t, double g, double* gr, double* d) {
-    parallel_for(N, 1, [&](int64_t a, int64_t b) {
-      const int64_t Vm = std::max(VS, VT);
-      std::vector<double> sv(static_cast<size_t>(VS)), tv(static_cast<size_t>(VT)),
-          work(static_cast<size_t>(3 * Vm + 2 * VS));
-      for (int64_t i = a; i < b; ++i) {
-        if (!(*ok)[static_cast<size_t>(i)]) {
-          d[i] = 0;
-          continue;
-        }
-        for (int64_t v = 0; v < VS; ++v) sv[static_cast<size_t>(v)] = detail_kd::to_f64(s.data()[i * VS + v]);
-        for (int64_t v = 0; v < VT; ++v) tv[static_cast<size_t>(v)] = detail_kd::to_f64(t.data()[i * VT + v]);
-        d[i] = ref::uld_row(sv.data(), VS, tv.data(), VT, temperature, g, gr ? gr + i * VS : nullptr, work.data());
-      }
-    });
+    detail_kd::rows(s.data(), VS, t.data(), VT, 0, N, *ok, 2 * std::max(VS, VT) + 2 * VS, d, gr,
+                    [&](const double* sv, const double* tv, double* grad, double* work) {
+                      return ref::uld_row(sv, VS, tv, VT, temperature, g, grad, work);
+                    });
   };
   std::vector<double> d(static_cast<size_t>(N));
   run(student.value().contiguous(), t, 0.0, nullptr, d.data());
   double sum = 0;
   for (double x : d) sum += x;
   const double loss = nrm > 0 ? sum / nrm : 0.0;
-  return Var<T>::record("uld_loss", Tensor<T>::full(Shape(), detail_kd::from_f64<T>(loss)), {student.node()},
+  return Var<T>::record("uld_loss", Tensor<T>::full(Shape(), detail_kd::as_value<T>(loss)), {student.node()},
                         [student, t, nrm, N, VS, run](auto& self) {
                           if (!student.requires_grad() || nrm <= 0) return;
                           const double g = detail_kd::grad_scalar(self.grad) / nrm;
                           std::vector<double> dd(static_cast<size_t>(N)), gr(static_cast<size_t>(N * VS), 0.0);
                           run(student.value().contiguous(), t, g, gr.data(), dd.data());
-                          Tensor<T>& gb = student.grad_buffer();
-                          DISTILL_CHECK(gb.is_contiguous(), "uld_loss: the gradient buffer must be contiguous");
-                          for (int64_t i = 0; i < N * VS; ++i)
-                            gb.data()[i] =
-                                detail_kd::from_f64<T>(detail_kd::to_f64(gb.data()[i]) + gr[static_cast<size_t>(i)]);
+                          detail_kd::add_grad(student.grad_buffer(), gr, "uld_loss");
                         });
 }
 
@@ -355,12 +351,6 @@ inline Var<float> linear_kd_loss(const Var<float>& hidden, const Var<float>& wei
   const auto ok = std::make_shared<const std::vector<uint8_t>>(detail_kd::valid_rows(valid, N, "linear_kd_loss"));
   const double nrm = detail_kd::norm_of(norm, *ok);
   using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  // Chunk r0..r1 of the student's logits: hidden rows @ weight^T.
-  auto logits = [C, V](const Tensor<float>& h, const Tensor<float>& w, int64_t r0, int64_t r1) {
-    Eigen::Map<const Mat> H(h.data() + r0 * C, r1 - r0, C), W(w.data(), V, C);
-    Mat L = H * W.transpose();
-    return L;
-  };
   auto teacher_chunk = [V](const TeacherRows& f, int64_t r0, int64_t r1) {
     Tensor<float> t = f(r0, r1).contiguous();
     DISTILL_CHECK(t.numel() == (r1 - r0) * V, "linear_kd_loss: the teacher gave ", t.shape().str(), " for rows ", r0,
@@ -372,15 +362,15 @@ inline Var<float> linear_kd_loss(const Var<float>& hidden, const Var<float>& wei
   std::vector<double> d(static_cast<size_t>(std::min(chunk_rows, std::max<int64_t>(N, 1))));
   for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
     const int64_t r1 = std::min(N, r0 + chunk_rows);
-    const Mat L = logits(h, w, r0, r1);
+    const Tensor<float> L = head_logits(h, w, r0, r1);
     const Tensor<float> t = teacher_chunk(teacher, r0, r1);
-    detail_kd::rows(L.data(), t.data(), r0, r1, V, *ok, c, d.data(), 0.0, nullptr);
+    detail_kd::kd_rows(L.data(), t.data(), r0, r1, V, *ok, c, d.data(), 0.0, nullptr);
     for (int64_t i = 0; i < r1 - r0; ++i) sum += d[static_cast<size_t>(i)];
   }
   const double loss = nrm > 0 ? c.scale() * sum / nrm : 0.0;
   return Var<float>::record(
       "linear_kd_loss", Tensor<float>::full(Shape(), static_cast<float>(loss)), {hidden.node(), weight.node()},
-      [hidden, weight, teacher, ok, c, nrm, N, C, V, chunk_rows, logits, teacher_chunk](auto& self) {
+      [hidden, weight, teacher, ok, c, nrm, N, C, V, chunk_rows, teacher_chunk](auto& self) {
         const bool want_h = hidden.requires_grad(), want_w = weight.requires_grad();
         if ((!want_h && !want_w) || nrm <= 0) return;
         const double g = detail_kd::grad_scalar(self.grad) * c.scale() / nrm;
@@ -393,10 +383,10 @@ inline Var<float> linear_kd_loss(const Var<float>& hidden, const Var<float>& wei
         std::vector<double> d(static_cast<size_t>(chunk_rows)), gr;
         for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
           const int64_t r1 = std::min(N, r0 + chunk_rows), n = r1 - r0;
-          const Mat L = logits(h, w, r0, r1);
+          const Tensor<float> L = head_logits(h, w, r0, r1);
           const Tensor<float> t = teacher_chunk(teacher, r0, r1);
           gr.assign(static_cast<size_t>(n * V), 0.0);
-          detail_kd::rows(L.data(), t.data(), r0, r1, V, *ok, c, d.data(), g, gr.data());
+          detail_kd::kd_rows(L.data(), t.data(), r0, r1, V, *ok, c, d.data(), g, gr.data());
           Mat dL(n, V);
           for (int64_t i = 0; i < n * V; ++i) dL.data()[i] = static_cast<float>(gr[static_cast<size_t>(i)]);
           if (want_h) Eigen::Map<Mat>(dh.data() + r0 * C, n, C).noalias() += dL * W;
