@@ -34,24 +34,38 @@ inline int64_t count_targets(const Tensor<int32_t>& labels) {
   return n;
 }
 
-// This micro-batch's share of the step loss: sum of its CE terms / num_items (a rank-0 Var in T).
-template <models::TransformerSpec Spec, class T, class D>
-Var<T, D> causal_lm_loss(const models::Transformer<Spec, T, D>& model, const Tensor<int32_t>& ids,
-                         const Tensor<int32_t>& labels, const Tensor<int32_t>& attention_mask, int64_t num_items,
-                         const models::RunOptions& opt = {}) {
+namespace detail {
+inline void check_num_items(int64_t num_items) {
   DISTILL_CHECK(num_items > 0,
                 "causal_lm_loss: the optimizer step has no trained token (every label is -100 after the shift: "
                 "prompt-only or fully truncated examples) — nothing to learn from this batch");
-  check_same_shape(labels.shape(), ids.shape(), "causal_lm_loss labels vs ids");
+}
+}  // namespace detail
+
+// This micro-batch's share of the step loss from the model's final hidden states h (its `hidden(...)` output):
+// sum of its CE terms / num_items (a rank-0 Var in T). For callers that use h for more than the CE (distillation).
+template <models::TransformerSpec Spec, class T, class D>
+Var<T, D> causal_lm_loss_from_hidden(const models::Transformer<Spec, T, D>& model, const Var<T, D>& h,
+                                     const Tensor<int32_t>& labels, int64_t num_items) {
+  detail::check_num_items(num_items);
   const Tensor<int32_t> targets = shift_labels(labels);
   const int64_t count = count_targets(labels);
-  const Var<T, D> h = model.hidden(ids, attention_mask, nullptr, opt);
   Var<T, D> mean;
   if (model.dims().final_softcap > 0)
     mean = cross_entropy(model.head(h), targets);
   else
     mean = linear_cross_entropy(h, model.weights().lm_head, targets);
   return mean * static_cast<compute_t<T>>(static_cast<double>(count) / static_cast<double>(num_items));
+}
+
+// This micro-batch's share of the step loss: sum of its CE terms / num_items (a rank-0 Var in T).
+template <models::TransformerSpec Spec, class T, class D>
+Var<T, D> causal_lm_loss(const models::Transformer<Spec, T, D>& model, const Tensor<int32_t>& ids,
+                         const Tensor<int32_t>& labels, const Tensor<int32_t>& attention_mask, int64_t num_items,
+                         const models::RunOptions& opt = {}) {
+  detail::check_num_items(num_items);
+  check_same_shape(labels.shape(), ids.shape(), "causal_lm_loss labels vs ids");
+  return causal_lm_loss_from_hidden(model, model.hidden(ids, attention_mask, nullptr, opt), labels, num_items);
 }
 
 }  // namespace distill::train

@@ -393,9 +393,7 @@ class SftTrainer {
     const Tensor<int32_t> targets = shift_labels(mb.labels);
     const Var<float> h = model_.hidden(mb.ids, mb.attention_mask, nullptr, run);
     const Var<float>& head = model_.weights().lm_head;
-    const Var<float> ce =
-        linear_cross_entropy(h, head, targets) *
-        static_cast<float>(static_cast<double>(count_targets(mb.labels)) / static_cast<double>(num_items));
+    const Var<float> ce = causal_lm_loss_from_hidden(model_, h, mb.labels, num_items);
     Tensor<int32_t> valid = Tensor<int32_t>::zeros({targets.numel()});
     const Tensor<int32_t> tc = targets.contiguous();
     for (int64_t i = 0; i < tc.numel(); ++i) valid.data()[i] = tc.data()[i] != kIgnoreIndex;
