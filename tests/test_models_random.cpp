@@ -30,11 +30,7 @@ using test::TempDir;
 
 namespace {
 
-io::ModelConfig config_of(const json& j) {
-  TempDir t("random_cfg");
-  std::ofstream(t / "config.json") << j.dump();
-  return io::load_model_config(t.str());
-}
+io::ModelConfig config_of(const json& j) { return io::parse_model_config(j, "preset config.json"); }
 
 int64_t param_count(const std::vector<RandomTensor>& ts) {
   int64_t n = 0;

@@ -26,6 +26,7 @@
 #include "distill/io/safetensors.hpp"
 #include "distill/models/gemma3.hpp"
 #include "distill/models/qwen3.hpp"
+#include "distill/models/weights.hpp"
 
 namespace distill::models {
 
@@ -129,57 +130,27 @@ inline nlohmann::json random_model_config(nlohmann::json cfg, const RandomModelO
 }
 
 // Every tensor of a Qwen3/Gemma3 text checkpoint with `c`'s shapes, in file order: model-level first (layer -1),
-// then each layer's. `layer_of[i]` says which shard tensor i goes to.
+// then each layer's. `layer_of[i]` says which shard tensor i goes to. Names and shapes are the loader's own
+// (hf_name, role_shape of weights.hpp), from the config resolved with the family spec.
 inline std::vector<RandomTensor> checkpoint_tensors(const io::ModelConfig& c,
                                                     std::vector<int64_t>* layer_of = nullptr) {
-  const bool gemma = c.arch != io::ModelArch::Qwen3;
-  const auto name = [&](Role r) { return gemma ? gemma3::hf_name(r) : qwen3::hf_name(r); };
-  const int64_t H = c.hidden_size, V = c.vocab_size, Dh = c.head_dim, F = c.intermediate_size;
-  const int64_t Q = c.num_attention_heads * Dh, KV = c.num_key_value_heads * Dh;
+  const ModelDims d = c.arch == io::ModelArch::Qwen3 ? resolve<qwen3::kFamily>(c, "config.json")
+                                                     : resolve<gemma3::kFamily>(c, "config.json");
   std::vector<RandomTensor> ts;
   std::vector<int64_t> where;
-  const auto add = [&](std::string n, std::vector<int64_t> shape, bool norm, int64_t layer) {
-    ts.push_back({std::move(n), std::move(shape), norm});
+  const auto add = [&](std::string n, Role r, int64_t layer) {
+    const Shape sh = role_shape(d, r);
+    ts.push_back({std::move(n), std::vector<int64_t>(sh.begin(), sh.end()),
+                  !is_projection(r) && r != Role::Embed && r != Role::LmHead});
     where.push_back(layer);
   };
-  add(std::string("model.") + name(Role::Embed), {V, H}, false, -1);
-  add(std::string("model.") + name(Role::FinalNorm), {H}, true, -1);
-  if (!c.tie_word_embeddings) add("lm_head.weight", {V, H}, false, -1);
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+  add(std::string("model.") + hf_name(d.family, Role::Embed), Role::Embed, -1);
+  add(std::string("model.") + hf_name(d.family, Role::FinalNorm), Role::FinalNorm, -1);
+  if (!d.tied) add("lm_head.weight", Role::LmHead, -1);
+  for (int64_t l = 0; l < d.layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
-    for (Role r : kBlockRoles) {
-      const char* n = name(r);
-      if (n == nullptr) continue;  // Qwen3 has no sandwich norms
-      std::vector<int64_t> shape;
-      switch (r) {
-        case Role::Q:
-          shape = {Q, H};
-          break;
-        case Role::K:
-        case Role::V:
-          shape = {KV, H};
-          break;
-        case Role::O:
-          shape = {H, Q};
-          break;
-        case Role::Gate:
-        case Role::Up:
-          shape = {F, H};
-          break;
-        case Role::Down:
-          shape = {H, F};
-          break;
-        case Role::QNorm:
-        case Role::KNorm:
-          shape = {Dh};
-          break;
-        default:
-          shape = {H};
-          break;
-      }
-      const bool norm = shape.size() == 1;
-      add(p + n, std::move(shape), norm, l);
-    }
+    for (Role r : kBlockRoles)
+      if (const char* n = hf_name(d.family, r)) add(p + n, r, l);  // Qwen3 has no sandwich norms
   }
   if (layer_of) *layer_of = std::move(where);
   return ts;
@@ -193,13 +164,13 @@ int64_t write_random_checkpoint(
     OnShard&& on_shard = [](int64_t, int64_t) {}) {
   namespace fs = std::filesystem;
   const nlohmann::json cfg = random_model_config(config, o);
-  fs::create_directories(out);
   const std::string cfg_path = (fs::path(out) / "config.json").string();
-  io::atomic_write(cfg_path, std::string_view(cfg.dump(2) + "\n"));
-  const io::ModelConfig c = io::load_model_config(out);  // validates the overrides as a loader would
+  const io::ModelConfig c = io::parse_model_config(cfg, cfg_path);  // the overrides checked as a loader would
   const bool gemma = c.arch != io::ModelArch::Qwen3;
   std::vector<int64_t> layer_of;
   const std::vector<RandomTensor> ts = checkpoint_tensors(c, &layer_of);
+  fs::create_directories(out);
+  io::atomic_write(cfg_path, std::string_view(cfg.dump(2) + "\n"));
   const int64_t shards = c.num_hidden_layers + 1;
   const auto shard_name = [&](int64_t s) {
     char buf[64];
