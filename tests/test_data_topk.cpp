@@ -159,24 +159,19 @@ TEST_CASE("malformed top-k files: every field is checked, with the byte offset")
     write_bytes(path, b);
     CHECK_THROWS_WITH_AS(TopkReader{path}, doctest::Contains(what), Error);
   };
-  std::string b = good;
-  b[0] = 'X';
-  expect(b, "no DSTLTOPK magic");
-  b = good;
-  b[8] = 2;
-  expect(b, "version 2");
-  b = good;
-  b[12] = 0;
-  expect(b, "K = 0");
-  b = good;
-  b[24] = 0;
-  expect(b, "byte 24: record 1: bad record magic");
-  b = good;
-  b[36] = 1;
-  expect(b, "reserved field is not 0");
+  auto corrupt = [&](size_t at, char v, const char* what) {  // one byte of the good file changed
+    std::string b = good;
+    b[at] = v;
+    expect(b, what);
+  };
+  corrupt(0, 'X', "no DSTLTOPK magic");
+  corrupt(8, 2, "version 2");
+  corrupt(12, 0, "K = 0");
+  corrupt(24, 0, "byte 24: record 1: bad record magic");
+  corrupt(36, 1, "reserved field is not 0");
   expect(good + serialize_topk_record(make_record("r", 1, 2, 10, 5), 2), "appears twice");
   // A token id outside the vocabulary and a positive log-prob are found when the record is read.
-  b = good;
+  std::string b = good;
   b[24 + 16 + 1] = 20;  // first token id := 20 >= vocab 10
   write_bytes(path, b);
   CHECK_THROWS_WITH_AS(TopkReader(path).get("r"), doctest::Contains("outside the vocabulary"), Error);

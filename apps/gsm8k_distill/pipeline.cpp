@@ -146,15 +146,12 @@ std::string Shard::suffix() const {
   return world == 1 ? std::string() : ".rank" + std::to_string(rank) + "-of-" + std::to_string(world);
 }
 
-std::string accepted_path(const std::string& traces) {
-  if (traces.ends_with(".jsonl")) return traces.substr(0, traces.size() - 6) + ".accepted.jsonl";
-  return traces + ".accepted.jsonl";
+// A file beside a traces file: <stem><ext> for <stem>.jsonl, else <traces><ext>.
+static std::string beside_traces(const std::string& traces, const char* ext) {
+  return (traces.ends_with(".jsonl") ? traces.substr(0, traces.size() - 6) : traces) + ext;
 }
-
-std::string topk_path(const std::string& traces) {
-  if (traces.ends_with(".jsonl")) return traces.substr(0, traces.size() - 6) + ".topk.bin";
-  return traces + ".topk.bin";
-}
+std::string accepted_path(const std::string& traces) { return beside_traces(traces, ".accepted.jsonl"); }
+std::string topk_path(const std::string& traces) { return beside_traces(traces, ".topk.bin"); }
 
 // ---------------------------------------------------------------------------------------------------- generate
 
@@ -223,7 +220,7 @@ GenerateSummary run_generate(const GenerateOpts& o, std::ostream& err) {
       };
     }
     runner->generate(prompts, g, o.batch_size, [&](size_t i, const generate::Generation& row) {
-      if (o.save_logits > 0 && topk) {
+      if (topk) {  // --save-logits
         topk->append(logits[i]);
         logits[i] = data::TopkRecord{};
       }

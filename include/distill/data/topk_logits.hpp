@@ -128,6 +128,7 @@ inline std::string serialize_topk_record(const TopkRecord& r, uint32_t k) {
 // file in errors. Returns (K, vocab) and fills `extents` with (id, byte offset of the record, positions).
 struct TopkIndexEntry {
   size_t offset = 0;  // of the record header
+  size_t bytes = 0;   // the whole record, header included
   int64_t positions = 0;
 };
 struct TopkIndex {
@@ -172,7 +173,8 @@ inline TopkIndex index_topk(std::span<const uint8_t> b, const std::string& where
       if (torn(std::to_string(body) + " bytes of body declared")) break;
     }
     const std::string id(reinterpret_cast<const char*>(b.data() + at + kTopkRecordHeaderBytes), id_len);
-    if (!ix.records.emplace(id, TopkIndexEntry{at, static_cast<int64_t>(positions)}).second)
+    if (!ix.records.emplace(id, TopkIndexEntry{at, kTopkRecordHeaderBytes + body, static_cast<int64_t>(positions)})
+             .second)
       fail(at, rec + ": id \"" + id + "\" appears twice");
     at += kTopkRecordHeaderBytes + body;
     ix.complete_bytes = at;
@@ -277,9 +279,8 @@ class TopkWriter {
           kept = detail_topk::header(k, vocab);
           std::vector<std::pair<size_t, size_t>> spans;  // kept records, in file order
           for (const auto& [id, e] : ix.records) {
-            const size_t len = kTopkRecordHeaderBytes + id.size() + static_cast<size_t>(e.positions) * (8 * k + 4);
             if (keep->count(id))
-              spans.emplace_back(e.offset, len);
+              spans.emplace_back(e.offset, e.bytes);
             else
               drop = true;
           }
