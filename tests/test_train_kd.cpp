@@ -252,3 +252,89 @@ TEST_CASE("layer maps, and projections saved beside the adapter and reloaded") {
   CHECK_THROWS_WITH_AS(load_projections(wrong, dir / "feature_projections.safetensors"),
                        doctest::Contains("layers.3.weight has shape"), Error);
 }
+
+TEST_CASE("linear_topk_kd_loss matches PyTorch on top-K rows (duplicate, out-of-vocabulary and padding ids)") {
+  const json& f = fixture();
+  const int64_t N = f["N"], V = f["V"], C = f["C"], K = f["K"];
+  const Tensor<float> h = tensor(f["hidden"], {N, C}), w = tensor(f["weight"], {V, C});
+  const auto valid = Tensor<int32_t>::from_vector({N}, f["valid"].get<std::vector<int32_t>>());
+  auto with_inf = [](const json& a) {  // JSON has no -inf: the fixture writes null
+    std::vector<double> v;
+    for (const json& x : a) v.push_back(x.is_null() ? -INFINITY : x.get<double>());
+    return v;
+  };
+  const auto ids = f["topk_ids"].get<std::vector<double>>(), lps = with_inf(f["topk_logprobs"]),
+             tail = with_inf(f["topk_tail"]);
+  Tensor<float> rows_t = Tensor<float>::zeros({N, 2 * K + 1});
+  for (int64_t i = 0; i < N; ++i) {
+    for (int64_t k = 0; k < K; ++k) {
+      rows_t(i, k) = static_cast<float>(ids[static_cast<size_t>(i * K + k)]);
+      rows_t(i, K + k) = static_cast<float>(lps[static_cast<size_t>(i * K + k)]);
+    }
+    rows_t(i, 2 * K) = static_cast<float>(tail[static_cast<size_t>(i)]);
+  }
+  const TeacherRows rows = [&](int64_t r0, int64_t r1) { return rows_t.slice(0, r0, r1).contiguous(); };
+  int checked = 0;
+  for (const json& c : f["topk_cases"]) {
+    for (int64_t chunk : {int64_t{1}, int64_t{7}, int64_t{256}}) {
+      CAPTURE(c["name"].get<std::string>());
+      CAPTURE(chunk);
+      Var<float> hv(h.clone(), true), wv(w.clone(), false);
+      Var<float> loss = linear_topk_kd_loss(hv, wv, rows, K, valid, config_of(c), c["norm"].get<double>(), chunk);
+      CHECK(loss.value().flat(0) == doctest::Approx(c["loss"].get<double>()).epsilon(1e-5));
+      loss.backward();
+      CHECK(rel_err(hv.grad(), c["grad"].get<std::vector<double>>()) < 1e-5);
+    }
+    ++checked;
+  }
+  CHECK(checked == 6);
+}
+
+TEST_CASE("top-K rows listing the whole vocabulary are the dense divergence; linear_uld_loss == uld_loss") {
+  const json& f = fixture();
+  const int64_t N = f["N"], V = f["V"], C = f["C"], VT = f["VT"];
+  const Tensor<float> h = tensor(f["hidden"], {N, C}), w = tensor(f["weight"], {V, C}),
+                      t = tensor(f["teacher"], {N, V}), tu = tensor(f["teacher_uld"], {N, VT});
+  const auto valid = Tensor<int32_t>::from_vector({N}, f["valid"].get<std::vector<int32_t>>());
+  // Every token listed once, in a scrambled order, with the dense teacher's log-probs: K = V, an empty tail.
+  Tensor<float> full = Tensor<float>::zeros({N, 2 * V + 1});
+  for (int64_t i = 0; i < N; ++i) {
+    double m = -INFINITY, z = 0;
+    for (int64_t v = 0; v < V; ++v) m = std::max(m, static_cast<double>(t(i, v)));
+    for (int64_t v = 0; v < V; ++v) z += std::exp(static_cast<double>(t(i, v)) - m);
+    for (int64_t k = 0; k < V; ++k) {
+      const int64_t v = (k * 7 + 3) % V;  // 7 and 50 are coprime: a permutation
+      full(i, k) = static_cast<float>(v);
+      full(i, V + k) = static_cast<float>(static_cast<double>(t(i, v)) - m - std::log(z));
+    }
+    full(i, 2 * V) = -INFINITY;
+  }
+  for (const char* div : {"kl", "rkl", "jsd"}) {
+    CAPTURE(div);
+    KdConfig k;
+    k.div = parse_kd_divergence(div);
+    Var<float> h1(h.clone(), true), h2(h.clone(), true), w1(w.clone(), false);
+    Var<float> a = linear_topk_kd_loss(
+        h1, w1, [&](int64_t r0, int64_t r1) { return full.slice(0, r0, r1).contiguous(); }, V, valid, k, 0, 5);
+    Var<float> b = linear_kd_loss(
+        h2, w1, [&](int64_t r0, int64_t r1) { return t.slice(0, r0, r1).contiguous(); }, valid, k, 0, 5);
+    CHECK(a.value().flat(0) == doctest::Approx(b.value().flat(0)).epsilon(1e-5));
+    a.backward();
+    b.backward();
+    const Tensor<float> g2 = h2.grad();
+    std::vector<double> want(static_cast<size_t>(g2.numel()));
+    for (int64_t i = 0; i < g2.numel(); ++i) want[static_cast<size_t>(i)] = g2.flat(i);
+    CHECK(rel_err(h1.grad(), want) < 1e-4);
+  }
+  Var<float> h3(h.clone(), true), h4(h.clone(), true), w3(w.clone(), false);
+  Var<float> fused = linear_uld_loss(
+      h3, w3, [&](int64_t r0, int64_t r1) { return tu.slice(0, r0, r1).contiguous(); }, VT, valid, 2.0, 0, 3);
+  Var<float> plain = uld_loss(matmul(h4, w3, false, true), tu, valid, 2.0);
+  CHECK(fused.value().flat(0) == doctest::Approx(plain.value().flat(0)).epsilon(1e-5));
+  fused.backward();
+  plain.backward();
+  const Tensor<float> g4 = h4.grad();
+  std::vector<double> want(static_cast<size_t>(g4.numel()));
+  for (int64_t i = 0; i < g4.numel(); ++i) want[static_cast<size_t>(i)] = g4.flat(i);
+  CHECK(rel_err(h3.grad(), want) < 1e-5);
+}

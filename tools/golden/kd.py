@@ -19,10 +19,16 @@ and for the "linear" cases (student logits = hidden @ weight^T) with respect to 
 Feature distillation: proj = hidden @ W^T + b (W [CT, C]); mse = mean over features of (proj - teacher)^2,
 cosine = 1 - cosine_similarity(proj, teacher, eps=1e-8); both averaged over valid positions.
 
+Top-K rows (offline teacher logits; a teacher seen through the shared vocabulary): the teacher's top-K log-probs
+and tail mass as K + 1 buckets of the student's vocabulary; the student's bucket masses are sums of p_S (the
+tail: every unlisted token); fkl/rkl/jsd between the two bucket distributions (teacher log-masses floored at -69
+and renormalized); a duplicated id merges, an id outside the vocabulary adds to the tail, -1 pads.
+
 Writes tests/golden/kd/kd.json: {"N", "V", "C", "student" [N*V], "teacher" [N*V], "valid" [N] (0/1),
 "hidden" [N*C], "weight" [V*C], "cases": [{"name", "div", "beta", "T", "t2", "norm", "linear", "loss",
 "grad" [N*V or N*C]}], "VT", "teacher_uld" [N*VT], "CT", "teacher_hidden" [N*CT], "proj_w" [CT*C], "proj_b" [CT],
-"features": [{"kind", "loss", "grad_hidden", "grad_w", "grad_b"}]}, read by tests/test_train_kd.cpp.
+"features": [{"kind", "loss", "grad_hidden", "grad_w", "grad_b"}], "K", "topk_ids" [N*K], "topk_logprobs" [N*K],
+"topk_tail" [N] (null = -inf), "topk_cases": [{"name", "div", "beta", "T", "t2", "norm", "loss", "grad" [N*C]}]}, read by tests/test_train_kd.cpp.
 """
 import argparse
 import json
@@ -108,6 +114,68 @@ def main():
             cases.append({"name": f"uld T={T} norm={norm}", "div": "uld", "beta": 0.0, "T": T, "t2": False,
                           "norm": norm, "linear": False, "loss": loss.item(), "grad": s.grad.flatten().tolist()})
 
+    # Top-K teacher rows (offline logits / a teacher seen through the shared vocabulary): the teacher's top-K
+    # log-probs at T = 1 and the tail mass; the divergence between bucket distributions (kd.hpp, ref::topk_kd_row).
+    # Row 2 lists one id twice and row 3 an id outside the student's vocabulary (V + 3) and a padding id (-1).
+    K = 8
+    lt_full = F.log_softmax(teacher, dim=-1)
+    top = torch.topk(lt_full, K, dim=-1)
+    tk_ids = top.indices.clone().double()
+    tk_lp = top.values.clone()
+    tk_ids[2, 5] = tk_ids[2, 1]
+    tk_ids[3, 6] = V + 3
+    tk_ids[3, 7] = -1
+    tk_lp[3, 7] = float("-inf")
+    kept = torch.logsumexp(tk_lp[:, :K], dim=-1)
+    tk_tail = torch.log1p(-torch.exp(kept).clamp(max=1 - 1e-12))
+    tk_lp, tk_tail = tk_lp.float().double(), tk_tail.float().double()
+
+    def topk_div(s, div, beta, T):
+        ls = F.log_softmax(s / T, dim=-1)
+        out = []
+        for i in range(N):
+            order, mass, rest = [], {}, [tk_tail[i]]
+            for k in range(K):
+                idf, lp = int(tk_ids[i, k]), tk_lp[i, k]
+                if lp == float("-inf") or idf < 0:
+                    continue
+                if idf >= V:
+                    rest.append(lp)
+                    continue
+                if idf not in mass:
+                    order.append(idf)
+                    mass[idf] = []
+                mass[idf].append(lp)
+            lt = torch.stack([torch.logsumexp(torch.stack(mass[v]), 0) for v in order])
+            lq = torch.stack([ls[i, v] for v in order])
+            member = torch.zeros(V, dtype=torch.bool)
+            member[order] = True
+            if (~member).any():
+                lt = torch.cat([lt, torch.logsumexp(torch.stack(rest), 0).reshape(1)])
+                lq = torch.cat([lq, torch.logsumexp(ls[i, ~member], 0).reshape(1)])
+            lt = lt.clamp(min=-69.0)
+            lt = lt - torch.logsumexp(lt, 0)
+            if div == "fkl":
+                d = (lt.exp() * (lt - lq)).sum()
+            elif div == "rkl":
+                d = (lq.exp() * (lq - lt)).sum()
+            else:
+                b = torch.tensor(beta, dtype=s.dtype)
+                lm = torch.logsumexp(torch.stack([lt + torch.log(b), lq + torch.log(1 - b)]), 0)
+                d = beta * (lt.exp() * (lt - lm)).sum() + (1 - beta) * (lq.exp() * (lq - lm)).sum()
+            out.append(d)
+        return torch.stack(out)
+
+    topk_cases = []
+    for div, beta in [("fkl", 0.0), ("rkl", 0.0), ("jsd", 0.5)]:
+        for T in (1.0, 2.0):
+            h = hidden.clone().requires_grad_(True)
+            d = topk_div(h @ weight.T, div, beta, T)
+            loss = T * T * d[valid].sum() / 20.0
+            loss.backward()
+            topk_cases.append({"name": f"topk {div} T={T}", "div": div, "beta": beta, "T": T, "t2": True,
+                               "norm": 20.0, "loss": loss.item(), "grad": h.grad.flatten().tolist()})
+
     # Feature distillation: student hidden [N, C] -> teacher hidden [N, CT] through a learned W [CT, C] + b [CT];
     # MSE: mean over valid positions and features of (proj - teacher)^2; cosine: mean over valid positions of
     # 1 - cos(proj, teacher). Gradients for the student hidden, W and b.
@@ -133,10 +201,13 @@ def main():
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     fl = lambda x: [float(v) for v in x.flatten().tolist()]  # noqa: E731
+    fl_inf = lambda x: [None if v == float("-inf") else v for v in fl(x)]  # noqa: E731  (JSON has no -inf)
     doc = {"N": N, "V": V, "C": C, "student": fl(student), "teacher": fl(teacher),
            "valid": [int(v) for v in valid.tolist()], "hidden": fl(hidden), "weight": fl(weight), "cases": cases,
            "VT": VT, "teacher_uld": fl(teacher_uld),
-           "CT": CT, "teacher_hidden": fl(th), "proj_w": fl(W), "proj_b": fl(bias), "features": features}
+           "CT": CT, "teacher_hidden": fl(th), "proj_w": fl(W), "proj_b": fl(bias), "features": features,
+           "K": K, "topk_ids": fl(tk_ids), "topk_logprobs": fl_inf(tk_lp), "topk_tail": fl_inf(tk_tail),
+           "topk_cases": topk_cases}
     (out / "kd.json").write_text(json.dumps(doc, separators=(",", ":")) + "\n")
     print(f"wrote {out / 'kd.json'}: {len(cases)} cases, torch {torch.__version__}")
 

@@ -292,6 +292,107 @@ inline double uld_row(const double* s, int64_t VS, const double* t, int64_t VT, 
   return d;
 }
 
+// ---- Top-K teacher rows: offline logits, or a teacher with another tokenizer seen through the shared vocabulary --
+// A top-K row of width 2K + 1 describes the teacher's distribution in the STUDENT's vocabulary as K + 1 buckets:
+//   [ids: K student token ids, stored as floats (exact below 2^24; -1 = unused)]
+//   [log-probs: K teacher log-probabilities of those tokens]
+//   [tail: log of the teacher's remaining mass -- every other token, -inf when none]
+// The divergence is taken between the two bucket distributions: the teacher's buckets as given (log-probs floored
+// at -69, ~1e-30, then renormalized, so that rounding in a stored file never makes a KL negative or a reverse KL
+// infinite), and the student's q_b = sum of p_S over the bucket's tokens (the tail bucket: every token not listed;
+// dropped on both sides when the K ids cover the whole student vocabulary). An id listed twice merges into one
+// bucket; an id outside the student's vocabulary adds its mass to the tail. With K = V and every id listed once
+// this is exactly kd_row. The teacher's rows are taken as they are (the temperature applies to the student: a
+// caller that wants the teacher at T builds its rows at T; offline rows are at T = 1).
+// Gradient w.r.t. the student's logits (chain rule through q_b = sum_{v in b} p_v): with f_b = df/dq_b,
+//   dd/ds_v = p_v (f_b(v) - sum_b q_b f_b) / T
+//   ForwardKL f_b = -pT_b / q_b;  ReverseKL f_b = log q_b - log pT_b (+1, which cancels);
+//   JSD f_b = (1 - beta)(log q_b - log M_b) (as in kd_row).
+inline constexpr double kTopkLogFloor = -69.0;
+
+// `work` holds 2*V + 4*(K + 1) doubles.
+inline double topk_kd_row(const double* s, int64_t V, const double* row, int64_t K, const KdConfig& c, double g,
+                          double* grad, double* work) {
+  const double invT = 1.0 / c.temperature;
+  double* ls = work;           // log p_S [V]
+  double* bucket = work + V;   // bucket index of each student token, as a double [V]
+  double* lt = work + 2 * V;   // teacher log-mass per bucket [K + 1]
+  double* lq = lt + (K + 1);   // student log-mass per bucket
+  double* u = lq + (K + 1);    // f_b
+  double* used = u + (K + 1);  // 1 when the bucket takes part
+  auto lse2 = [](double a, double b) {
+    if (a == -INFINITY) return b;
+    if (b == -INFINITY) return a;
+    const double hi = std::max(a, b);
+    return hi + std::log1p(std::exp(std::min(a, b) - hi));
+  };
+  double m = -INFINITY;
+  for (int64_t v = 0; v < V; ++v) m = std::max(m, s[v] * invT);
+  double z = 0;
+  for (int64_t v = 0; v < V; ++v) z += std::exp(s[v] * invT - m);
+  const double lz = m + std::log(z);
+  for (int64_t v = 0; v < V; ++v) {
+    ls[v] = s[v] * invT - lz;
+    bucket[v] = static_cast<double>(K);
+  }
+  for (int64_t b = 0; b <= K; ++b) lt[b] = lq[b] = -INFINITY, used[b] = 0;
+  lt[K] = row[2 * K];
+  for (int64_t k = 0; k < K; ++k) {
+    const double idf = row[k], lp = row[K + k];
+    if (lp == -INFINITY || std::isnan(lp)) continue;
+    const bool in_vocab = idf >= 0 && idf < static_cast<double>(V) && idf == std::floor(idf);
+    if (!in_vocab) {
+      if (idf >= 0) lt[K] = lse2(lt[K], lp);  // a teacher token the student does not have: tail mass
+      continue;
+    }
+    const auto id = static_cast<int64_t>(idf);
+    const auto b = static_cast<int64_t>(bucket[id]) == K ? k : static_cast<int64_t>(bucket[id]);
+    bucket[id] = static_cast<double>(b);
+    lt[b] = lse2(lt[b], lp);
+    used[b] = 1;
+  }
+  for (int64_t v = 0; v < V; ++v) {
+    const auto b = static_cast<int64_t>(bucket[v]);
+    lq[b] = lse2(lq[b], ls[v]);
+  }
+  used[K] = lq[K] > -INFINITY ? 1 : 0;  // some student token is in no listed bucket
+  double lnorm = -INFINITY;
+  for (int64_t b = 0; b <= K; ++b)
+    if (used[b]) {
+      lt[b] = std::max(lt[b], kTopkLogFloor);
+      lnorm = lse2(lnorm, lt[b]);
+    }
+  double d = 0;
+  for (int64_t b = 0; b <= K; ++b) {
+    if (!used[b]) continue;
+    lt[b] -= lnorm;
+    const double pt = std::exp(lt[b]), q = std::exp(lq[b]);
+    switch (c.div) {
+      case KdDivergence::ForwardKL:
+        d += pt * (lt[b] - lq[b]);
+        u[b] = -std::exp(lt[b] - lq[b]);
+        break;
+      case KdDivergence::ReverseKL:
+        d += q * (lq[b] - lt[b]);
+        u[b] = lq[b] - lt[b];
+        break;
+      case KdDivergence::JSD: {
+        const double lm = lse2(lt[b] + std::log(c.beta), lq[b] + std::log1p(-c.beta));
+        d += c.beta * pt * (lt[b] - lm) + (1 - c.beta) * q * (lq[b] - lm);
+        u[b] = (1 - c.beta) * (lq[b] - lm);
+        break;
+      }
+    }
+  }
+  if (grad) {
+    double mean = 0;
+    for (int64_t b = 0; b <= K; ++b)
+      if (used[b]) mean += std::exp(lq[b]) * u[b];
+    for (int64_t v = 0; v < V; ++v) grad[v] += g * invT * std::exp(ls[v]) * (u[static_cast<int64_t>(bucket[v])] - mean);
+  }
+  return d;
+}
+
 }  // namespace ref
 
 // student [N, VS] (Var), teacher [N, VT] (constant; row i aligned with the student's row i, see uld_align),
@@ -335,27 +436,37 @@ Var<T> uld_loss(const Var<T>& student, const Tensor<U>& teacher, const Tensor<in
 // at a time, or from an offline file. Called once per chunk in the forward and again in the backward.
 using TeacherRows = std::function<Tensor<float>(int64_t r0, int64_t r1)>;
 
-// hidden [N, C], weight [V, C] (the student's lm head): kd_loss(hidden @ weight^T, teacher) with only
-// chunk_rows rows of student and teacher logits in memory at a time (f32; the backward recomputes each chunk's
-// logits). Gradients flow to hidden and, when it requires grad, to weight.
-inline Var<float> linear_kd_loss(const Var<float>& hidden, const Var<float>& weight, const TeacherRows& teacher,
-                                 const Tensor<int32_t>& valid, const KdConfig& c, double norm = 0,
-                                 int64_t chunk_rows = 256) {
-  c.validate();
-  DISTILL_CHECK(chunk_rows > 0, "linear_kd_loss: chunk_rows must be positive, got ", chunk_rows);
+namespace detail_kd {
+
+// The fused loop shared by the linear_*_loss functions: scale * sum over valid rows of row(student logits row,
+// teacher row) / norm, with the student's logits hidden @ weight^T made chunk_rows rows at a time (f32; the
+// backward recomputes each chunk's logits and asks the teacher for its rows again). `row(s, t, g, grad, work)`
+// returns the row's value and, when grad is given, ADDS g * d(value)/ds to grad[V]; the teacher's rows have
+// width W. Gradients flow to hidden and, when it requires grad, to weight.
+template <class Row>
+Var<float> linear_rows_loss(const char* name, const Var<float>& hidden, const Var<float>& weight,
+                            const TeacherRows& teacher, int64_t W, const Tensor<int32_t>& valid, double norm,
+                            double scale, int64_t chunk_rows, int64_t work_size, Row row) {
+  DISTILL_CHECK(chunk_rows > 0, name, ": chunk_rows must be positive, got ", chunk_rows);
   const Shape& hs = hidden.value().shape();
   const Shape& ws = weight.value().shape();
-  DISTILL_CHECK(hs.rank() >= 1 && ws.rank() == 2 && hs.back() == ws[1], "linear_kd_loss: hidden ", hs.str(),
-                " and weight ", ws.str(), " do not fit (hidden [..., C], weight [V, C])");
+  DISTILL_CHECK(hs.rank() >= 1 && ws.rank() == 2 && hs.back() == ws[1], name, ": hidden ", hs.str(), " and weight ",
+                ws.str(), " do not fit (hidden [..., C], weight [V, C])");
   const int64_t C = hs.back(), V = ws[0], N = hidden.value().numel() / std::max<int64_t>(C, 1);
-  const auto ok = std::make_shared<const std::vector<uint8_t>>(detail_kd::valid_rows(valid, N, "linear_kd_loss"));
-  const double nrm = detail_kd::norm_of(norm, *ok);
+  const auto ok = std::make_shared<const std::vector<uint8_t>>(valid_rows(valid, N, name));
+  const double nrm = norm_of(norm, *ok);
   using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  auto teacher_chunk = [V](const TeacherRows& f, int64_t r0, int64_t r1) {
+  auto teacher_chunk = [W, name](const TeacherRows& f, int64_t r0, int64_t r1) {
     Tensor<float> t = f(r0, r1).contiguous();
-    DISTILL_CHECK(t.numel() == (r1 - r0) * V, "linear_kd_loss: the teacher gave ", t.shape().str(), " for rows ", r0,
-                  "..", r1, " of a ", V, "-token vocabulary");
+    DISTILL_CHECK(t.numel() == (r1 - r0) * W, name, ": the teacher gave ", t.shape().str(), " for rows ", r0, "..", r1,
+                  ", expected rows of ", W);
     return t;
+  };
+  // d[i] (and gradient rows times g into gr, when given) for rows [r0, r1).
+  auto run = [V, W, work_size, row](const float* L, const float* t, int64_t r0, int64_t r1,
+                                    const std::vector<uint8_t>& okv, double g, double* d, double* gr) {
+    rows(L, V, t, W, r0, r1, okv, work_size, d, gr,
+         [&](const double* sv, const double* tv, double* grad, double* work) { return row(sv, tv, g, grad, work); });
   };
   const Tensor<float> h = hidden.value().contiguous(), w = weight.value().contiguous();
   double sum = 0;
@@ -364,34 +475,84 @@ inline Var<float> linear_kd_loss(const Var<float>& hidden, const Var<float>& wei
     const int64_t r1 = std::min(N, r0 + chunk_rows);
     const Tensor<float> L = head_logits(h, w, r0, r1);
     const Tensor<float> t = teacher_chunk(teacher, r0, r1);
-    detail_kd::kd_rows(L.data(), t.data(), r0, r1, V, *ok, c, d.data(), 0.0, nullptr);
+    run(L.data(), t.data(), r0, r1, *ok, 0.0, d.data(), nullptr);
     for (int64_t i = 0; i < r1 - r0; ++i) sum += d[static_cast<size_t>(i)];
   }
-  const double loss = nrm > 0 ? c.scale() * sum / nrm : 0.0;
+  const double loss = nrm > 0 ? scale * sum / nrm : 0.0;
   return Var<float>::record(
-      "linear_kd_loss", Tensor<float>::full(Shape(), static_cast<float>(loss)), {hidden.node(), weight.node()},
-      [hidden, weight, teacher, ok, c, nrm, N, C, V, chunk_rows, teacher_chunk](auto& self) {
+      name, Tensor<float>::full(Shape(), static_cast<float>(loss)), {hidden.node(), weight.node()},
+      [hidden, weight, teacher, ok, scale, nrm, N, C, V, chunk_rows, teacher_chunk, run, name](auto& self) {
         const bool want_h = hidden.requires_grad(), want_w = weight.requires_grad();
         if ((!want_h && !want_w) || nrm <= 0) return;
-        const double g = detail_kd::grad_scalar(self.grad) * c.scale() / nrm;
+        const double g = grad_scalar(self.grad) * scale / nrm;
         const Tensor<float> h = hidden.value().contiguous(), w = weight.value().contiguous();
         Tensor<float> dh = want_h ? hidden.grad_buffer() : Tensor<float>();  // shares the buffer's storage
         Tensor<float> dw = want_w ? weight.grad_buffer() : Tensor<float>();
-        DISTILL_CHECK((!want_h || dh.is_contiguous()) && (!want_w || dw.is_contiguous()),
-                      "linear_kd_loss: gradient buffers must be contiguous");
-        Eigen::Map<const Mat> W(w.data(), V, C), Hall(h.data(), N, C);
+        DISTILL_CHECK((!want_h || dh.is_contiguous()) && (!want_w || dw.is_contiguous()), name,
+                      ": gradient buffers must be contiguous");
+        Eigen::Map<const Mat> Wm(w.data(), V, C), Hall(h.data(), N, C);
         std::vector<double> d(static_cast<size_t>(chunk_rows)), gr;
         for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
           const int64_t r1 = std::min(N, r0 + chunk_rows), n = r1 - r0;
           const Tensor<float> L = head_logits(h, w, r0, r1);
           const Tensor<float> t = teacher_chunk(teacher, r0, r1);
           gr.assign(static_cast<size_t>(n * V), 0.0);
-          detail_kd::kd_rows(L.data(), t.data(), r0, r1, V, *ok, c, d.data(), g, gr.data());
+          run(L.data(), t.data(), r0, r1, *ok, g, d.data(), gr.data());
           Mat dL(n, V);
           for (int64_t i = 0; i < n * V; ++i) dL.data()[i] = static_cast<float>(gr[static_cast<size_t>(i)]);
-          if (want_h) Eigen::Map<Mat>(dh.data() + r0 * C, n, C).noalias() += dL * W;
+          if (want_h) Eigen::Map<Mat>(dh.data() + r0 * C, n, C).noalias() += dL * Wm;
           if (want_w) Eigen::Map<Mat>(dw.data(), V, C).noalias() += dL.transpose() * Hall.middleRows(r0, n);
         }
+      });
+}
+
+}  // namespace detail_kd
+
+// hidden [N, C], weight [V, C] (the student's lm head): kd_loss(hidden @ weight^T, teacher) with only
+// chunk_rows rows of student and teacher logits in memory at a time (f32; the backward recomputes each chunk's
+// logits). Gradients flow to hidden and, when it requires grad, to weight.
+inline Var<float> linear_kd_loss(const Var<float>& hidden, const Var<float>& weight, const TeacherRows& teacher,
+                                 const Tensor<int32_t>& valid, const KdConfig& c, double norm = 0,
+                                 int64_t chunk_rows = 256) {
+  c.validate();
+  DISTILL_CHECK(weight.value().rank() == 2, "linear_kd_loss: weight must be [V, C], got ",
+                weight.value().shape().str());
+  const int64_t V = weight.value().dim(0);
+  return detail_kd::linear_rows_loss("linear_kd_loss", hidden, weight, teacher, V, valid, norm, c.scale(), chunk_rows,
+                                     3 * V,
+                                     [V, c](const double* s, const double* t, double g, double* grad, double* work) {
+                                       return ref::kd_row(s, t, V, c, g, grad, work);
+                                     });
+}
+
+// The same with top-K teacher rows ([N, 2K + 1], see ref::topk_kd_row): offline logits, or a teacher with another
+// tokenizer seen through the shared vocabulary. Scaled by T^2 when c.t2_scale, like linear_kd_loss.
+inline Var<float> linear_topk_kd_loss(const Var<float>& hidden, const Var<float>& weight, const TeacherRows& teacher,
+                                      int64_t K, const Tensor<int32_t>& valid, const KdConfig& c, double norm = 0,
+                                      int64_t chunk_rows = 256) {
+  c.validate();
+  DISTILL_CHECK(K >= 1, "linear_topk_kd_loss: K must be >= 1, got ", K);
+  DISTILL_CHECK(weight.value().rank() == 2, "linear_topk_kd_loss: weight must be [V, C], got ",
+                weight.value().shape().str());
+  const int64_t V = weight.value().dim(0);
+  return detail_kd::linear_rows_loss("linear_topk_kd_loss", hidden, weight, teacher, 2 * K + 1, valid, norm, c.scale(),
+                                     chunk_rows, 2 * V + 4 * (K + 1),
+                                     [V, K, c](const double* s, const double* t, double g, double* grad, double* work) {
+                                       return ref::topk_kd_row(s, V, t, K, c, g, grad, work);
+                                     });
+}
+
+// uld_loss fused with the student's head: teacher rows [N, VT] of logits (any vocabulary), aligned row by row.
+inline Var<float> linear_uld_loss(const Var<float>& hidden, const Var<float>& weight, const TeacherRows& teacher,
+                                  int64_t VT, const Tensor<int32_t>& valid, double temperature = 1.0, double norm = 0,
+                                  int64_t chunk_rows = 256) {
+  DISTILL_CHECK(temperature > 0 && std::isfinite(temperature), "ULD temperature must be positive, got ", temperature);
+  DISTILL_CHECK(weight.value().rank() == 2 && VT >= 1, "linear_uld_loss: weight must be [V, C] and VT >= 1");
+  const int64_t V = weight.value().dim(0);
+  return detail_kd::linear_rows_loss(
+      "linear_uld_loss", hidden, weight, teacher, VT, valid, norm, 1.0, chunk_rows, 2 * std::max(V, VT) + 2 * V,
+      [V, VT, temperature](const double* s, const double* t, double g, double* grad, double* work) {
+        return ref::uld_row(s, V, t, VT, temperature, g, grad, work);
       });
 }
 
