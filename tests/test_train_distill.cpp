@@ -161,3 +161,183 @@ TEST_CASE("KD alone moves a random student toward the teacher; kd_weight 0 is pl
     CHECK_THROWS_WITH_AS(tp.set_distillation(d), doctest::Contains("does not pack"), Error);
   }
 }
+
+namespace {
+
+// The teacher's full log-softmax rows at the trained positions of a micro-batch as top-K rows listing every token
+// (K = V): the TopK target then computes exactly the Logits target's divergence.
+train::AlignedTargets full_topk(const Q& teacher, const data::Batch& mb) {
+  autograd::NoGradGuard ng;
+  const Tensor<float> logits = teacher.forward(mb.ids, mb.attention_mask).value().contiguous();
+  const int64_t V = logits.shape().back();
+  const Tensor<int32_t> tg = train::shift_labels(mb.labels).contiguous();
+  train::AlignedTargets at;
+  for (int64_t r = 0; r < tg.numel(); ++r)
+    if (tg.data()[r] != -100) at.rows.push_back(r);
+  at.values = Tensor<float>::zeros({static_cast<int64_t>(at.rows.size()), 2 * V + 1});
+  for (size_t i = 0; i < at.rows.size(); ++i) {
+    const float* l = logits.data() + at.rows[i] * V;
+    double m = -INFINITY, z = 0;
+    for (int64_t v = 0; v < V; ++v) m = std::max(m, static_cast<double>(l[v]));
+    for (int64_t v = 0; v < V; ++v) z += std::exp(static_cast<double>(l[v]) - m);
+    for (int64_t v = 0; v < V; ++v) {
+      at.values(static_cast<int64_t>(i), v) = static_cast<float>(V - 1 - v);  // listed in reverse order
+      at.values(static_cast<int64_t>(i), V + v) =
+          static_cast<float>(static_cast<double>(l[V - 1 - v]) - m - std::log(z));
+    }
+    at.values(static_cast<int64_t>(i), 2 * V) = -INFINITY;
+  }
+  return at;
+}
+
+}  // namespace
+
+TEST_CASE("aligned targets: full top-K rows == logits; ULD and features fall; projections resume exactly") {
+  TempDir t("distill_train_aligned");
+  const std::string teacher_dir = test::golden_path("models/qwen3_tiny");
+  const auto cfg = nlohmann::json::parse(std::ifstream(teacher_dir + "/config.json"));
+  RandomModelOptions ro;
+  ro.seed = 5;
+  ro.std = 0.2;
+  write_random_checkpoint(cfg, t / "student", ro);
+  const auto teacher = std::make_shared<const Q>(Q::load(teacher_dir));
+  train::TrainerConfig c = config();
+  c.max_steps = 4;
+
+  SUBCASE("top-K rows listing every token train what the dense teacher trains") {
+    auto a = student(t / "student");
+    auto b = student(t / "student");
+    train::SftTrainer<qwen3::kFamily, float> ta(*a, lora(), examples(), c), tb(*b, lora(), examples(), c);
+    train::DistillConfig d;
+    d.kd.temperature = 1.0;
+    d.teacher = teacher_of(teacher);
+    ta.set_distillation(d);
+    d.teacher = nullptr;
+    d.target = train::DistillTarget::TopK;
+    d.topk = teacher->dims().vocab;
+    d.aligned = [&](std::span<const int64_t>, const data::Batch& mb) { return full_topk(*teacher, mb); };
+    tb.set_distillation(d);
+    ta.train();
+    tb.train();
+    for (size_t i = 0; i < ta.history().size(); ++i) {
+      CHECK(tb.history()[i].kd_loss == doctest::Approx(ta.history()[i].kd_loss).epsilon(1e-4));
+      CHECK(tb.history()[i].ce_loss == doctest::Approx(ta.history()[i].ce_loss).epsilon(1e-4));
+    }
+  }
+  SUBCASE("ULD against the teacher's logits at every trained position falls") {
+    auto s = student(t / "student");
+    train::TrainerConfig c2 = config();
+    train::SftTrainer<qwen3::kFamily, float> tr(*s, lora(), examples(), c2);
+    train::DistillConfig d;
+    d.target = train::DistillTarget::Uld;
+    d.ce_weight = 0;
+    d.kd_weight = 1;
+    d.aligned = [&](std::span<const int64_t>, const data::Batch& mb) {
+      autograd::NoGradGuard ng;
+      const Tensor<float> logits = teacher->forward(mb.ids, mb.attention_mask).value().contiguous();
+      const int64_t V = logits.shape().back();
+      const Tensor<int32_t> tg = train::shift_labels(mb.labels).contiguous();
+      train::AlignedTargets at;
+      for (int64_t r = 0; r < tg.numel(); ++r)
+        if (tg.data()[r] != -100) at.rows.push_back(r);
+      at.values = Tensor<float>::zeros({static_cast<int64_t>(at.rows.size()), V});
+      for (size_t i = 0; i < at.rows.size(); ++i)
+        for (int64_t v = 0; v < V; ++v) at.values(static_cast<int64_t>(i), v) = logits.data()[at.rows[i] * V + v];
+      return at;
+    };
+    tr.set_distillation(d);
+    tr.train();
+    CHECK(tr.history().front().kd_loss > 0);
+    CHECK(tr.history().back().kd_loss < 0.8 * tr.history().front().kd_loss);
+  }
+  SUBCASE("features: the projected student layers approach the teacher's; a resumed run is bit-identical") {
+    std::map<int64_t, int64_t> layer_map;
+    const auto prop = train::proportional_layer_map(teacher->dims().layers, teacher->dims().layers);
+    for (size_t sl = 0; sl < prop.size(); ++sl) layer_map[static_cast<int64_t>(sl)] = prop[sl];
+    // The teacher's block outputs at every trained position.
+    auto feats = [&](std::span<const int64_t>, const data::Batch& mb) {
+      autograd::NoGradGuard ng;
+      Capture<float> cap;
+      for (const auto& [sl, tl] : layer_map) cap.request(Hook::Block, tl);
+      (void)teacher->hidden(mb.ids, mb.attention_mask, &cap);
+      const Tensor<int32_t> tg = train::shift_labels(mb.labels).contiguous();
+      train::AlignedTargets at;
+      for (int64_t r = 0; r < tg.numel(); ++r)
+        if (tg.data()[r] != -100) at.rows.push_back(r);
+      for (const auto& [sl, tl] : layer_map) {
+        const Tensor<float> hv = cap.at(Hook::Block, tl).value().contiguous();
+        const int64_t C = hv.shape().back();
+        Tensor<float> f = Tensor<float>::zeros({static_cast<int64_t>(at.rows.size()), C});
+        for (size_t i = 0; i < at.rows.size(); ++i)
+          for (int64_t k = 0; k < C; ++k) f(static_cast<int64_t>(i), k) = hv.data()[at.rows[i] * C + k];
+        at.features[sl] = f;
+      }
+      return at;
+    };
+    train::DistillConfig d;
+    d.target = train::DistillTarget::Feature;
+    d.ce_weight = 0;
+    d.kd_weight = 1;
+    d.layer_map = layer_map;
+    d.teacher_hidden = teacher->dims().hidden;
+    d.projection_seed = 3;
+    d.aligned = feats;
+    train::TrainerConfig c2 = config();
+    c2.max_steps = 8;
+    c2.out_dir = t / "run";
+    c2.save_every = 4;
+    auto a = student(t / "student");
+    train::SftTrainer<qwen3::kFamily, float> ta(*a, lora(), examples(), c2);
+    ta.set_distillation(d);
+    ta.train();
+    CHECK(ta.history().back().kd_loss < 0.8 * ta.history().front().kd_loss);
+    CHECK(std::filesystem::is_regular_file(t / "run/checkpoint-4/feature_projections.safetensors"));
+    // Resume from step 4 in a fresh trainer: the same projections and adapter at step 8.
+    for (const char* later : {"run/checkpoint-6", "run/checkpoint-8"}) std::filesystem::remove_all(t / later);
+    auto b = student(t / "student");
+    train::SftTrainer<qwen3::kFamily, float> tb(*b, lora(), examples(), c2);
+    tb.set_distillation(d);
+    CHECK(tb.resume() == 4);
+    tb.train();
+    const auto pa = ta.feature_projections(), pb = tb.feature_projections();
+    REQUIRE(pa.size() == layer_map.size());
+    for (const auto& [sl, p] : pa)
+      for (int64_t k = 0; k < p.weight.value().numel(); ++k)
+        REQUIRE(p.weight.value().flat(k) == pb.at(sl).weight.value().flat(k));
+    const auto la = lora_parameters(*a), lb = lora_parameters(*b);
+    for (size_t i = 0; i < la.size(); ++i)
+      for (int64_t k = 0; k < la[i].value().numel(); ++k) REQUIRE(la[i].value().flat(k) == lb[i].value().flat(k));
+    // Different distillation settings refuse the checkpoint.
+    auto e = student(t / "student");
+    train::SftTrainer<qwen3::kFamily, float> te(*e, lora(), examples(), c2);
+    d.feature_loss = train::FeatureLoss::Cosine;
+    d.kd_weight = 2;
+    te.set_distillation(d);
+    CHECK_THROWS_WITH_AS(te.resume(), doctest::Contains("different training settings"), Error);
+  }
+  SUBCASE("a padded teacher vocabulary: columns beyond vocab_limit never count") {
+    const int64_t V = teacher->dims().vocab, L = V - 5;
+    auto run = [&](float junk) {
+      auto s = student(t / "student");
+      train::SftTrainer<qwen3::kFamily, float> tr(*s, lora(), examples(), c);
+      train::DistillConfig d;
+      d.vocab_limit = L;
+      const auto base = teacher_of(teacher);
+      d.teacher = [base, junk, V](const Tensor<int32_t>& ids, const Tensor<int32_t>& mask) -> train::TeacherRows {
+        const train::TeacherRows r = base(ids, mask);
+        return [r, junk, V](int64_t r0, int64_t r1) {  // 3 extra padding columns, and junk in the last 5 real ones
+          const Tensor<float> x = r(r0, r1);
+          Tensor<float> w = Tensor<float>::full({r1 - r0, V + 3}, junk);
+          for (int64_t i = 0; i < r1 - r0; ++i)
+            for (int64_t v = 0; v < V - 5; ++v) w(i, v) = x(i, v);
+          return w;
+        };
+      };
+      tr.set_distillation(d);
+      return tr.train_step().kd_loss;
+    };
+    const double a = run(0.0f), b = run(30.0f);
+    CHECK(a > 0);
+    CHECK(a == b);
+  }
+}

@@ -13,6 +13,7 @@
 // Checkpoints (every save_every steps, at each epoch end, and at the end) go to out_dir/checkpoint-<step>/:
 //   adapter_model.safetensors + adapter_config.json   (PEFT: PeftModel.from_pretrained loads it)
 //   optimizer.safetensors                              (AdamW m, v of every adapter tensor, by name)
+//   feature_projections.safetensors                    (feature distillation only: its learned projections)
 //   trainer_state.json                                 (step, epoch cursor, per-parameter AdamW step counts,
 //                                                       seed, the run's settings, log history)
 //   COMPLETE                                           (written last)
@@ -25,6 +26,7 @@
 #include <chrono>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <span>
 #include <string>
 #include <vector>
@@ -32,6 +34,7 @@
 #include "distill/data/sft.hpp"
 #include "distill/models/adapter.hpp"
 #include "distill/train/adamw.hpp"
+#include "distill/train/feature_kd.hpp"
 #include "distill/train/kd.hpp"
 #include "distill/train/loss.hpp"
 #include "distill/train/schedule.hpp"
@@ -71,17 +74,52 @@ struct TrainerConfig {
   std::function<void(const std::string&)> fault;
 };
 
-// Logit distillation in the trainer (kd.hpp), for a teacher with the student's tokenizer: each micro-batch's loss
-// becomes ce_weight * CE(student, labels) + kd_weight * KD(teacher || student), KD over the same trained positions
-// (label != -100 after the shift) and normalized like the CE by the step's global count of trained tokens. The
-// teacher sees the student's token ids: `teacher(ids, attention_mask)` runs it once per micro-batch and returns its
-// logits by rows of the flattened [B * T] positions (TeacherRows); the fused loss then holds only chunk_rows rows of
-// logits at a time. f32 students only (the fused KD loss is f32).
+// Distillation in the trainer (kd.hpp, feature_kd.hpp): each micro-batch's loss becomes
+// ce_weight * CE(student, labels) + kd_weight * D, with D normalized like the CE by the step's global count of
+// trained tokens (so accumulation and data parallel stay exact). D by target:
+//   Logits   KD(teacher || student) over every trained position (label != -100 after the shift), for a teacher
+//            with the student's tokenizer: `teacher(ids, attention_mask)` runs it once per micro-batch on the
+//            student's ids and returns its logits by rows of the flattened [B * T] positions (TeacherRows), at
+//            most the student's vocabulary wide (padded vocabularies: see below)
+//   TopK     KD against top-K rows (kd.hpp, ref::topk_kd_row) at the positions `aligned` gives: offline teacher
+//            logits, or a teacher with another tokenizer seen through the shared vocabulary
+//   Uld      Universal Logit Distillation against the teacher's logits at the aligned positions
+//   Feature  feature_kd.hpp: for each mapped student layer, a learned projection of its residual stream (the
+//            output of the block) against the teacher's at the aligned positions; the mean over mapped layers
+// `aligned(examples, micro_batch)` gets the micro-batch's examples (indices into the trainer's examples, in row
+// order) and returns the aligned positions and the teacher's values there (AlignedTargets). Positions it leaves
+// out are trained by the CE only. The fused losses hold only chunk_rows rows of logits at a time. f32 students on
+// the CPU, without packing.
+// Padded vocabularies (a same-tokenizer teacher whose logits are narrower or wider than the student's): set
+// vocab_limit to the tokenizer's real vocabulary size; both sides' rows are cut to it (the rows beyond are
+// embedding padding no token ever takes).
+enum class DistillTarget : uint8_t { Logits, TopK, Uld, Feature };
+
+inline const char* distill_target_name(DistillTarget t) {
+  constexpr const char* names[] = {"logits", "topk", "uld", "feature"};
+  return names[static_cast<int>(t)];
+}
+
+struct AlignedTargets {
+  std::vector<int64_t> rows;  // positions b * T + t of the micro-batch whose hidden state predicts token t + 1
+  Tensor<float> values;       // TopK: [rows, 2K + 1]; Uld: [rows, V_teacher]
+  std::map<int64_t, Tensor<float>> features;  // Feature: student layer -> teacher hidden states [rows, C_teacher]
+};
+
 struct DistillConfig {
+  DistillTarget target = DistillTarget::Logits;
   KdConfig kd;
   double ce_weight = 0.5, kd_weight = 0.5;
   int64_t chunk_rows = 256;
+  int64_t vocab_limit = 0;  // Logits: compare the first vocab_limit entries of both (0: the student's width)
+  int64_t topk = 0;         // TopK: K
   std::function<TeacherRows(const Tensor<int32_t>& ids, const Tensor<int32_t>& attention_mask)> teacher;
+  std::function<AlignedTargets(std::span<const int64_t> examples, const data::Batch& mb)> aligned;
+  // Feature
+  std::map<int64_t, int64_t> layer_map;  // student layer -> teacher layer
+  int64_t teacher_hidden = 0;
+  FeatureLoss feature_loss = FeatureLoss::Mse;
+  uint64_t projection_seed = 0;
 };
 
 struct StepLog {
@@ -173,23 +211,50 @@ class SftTrainer {
     return items;
   }
 
-  // Distill from a teacher's logits as well as (or instead of) the labels (see DistillConfig).
+  // Distill from a teacher as well as (or instead of) the labels (see DistillConfig). Call before resume():
+  // feature distillation adds its projections to the optimizer (and to every checkpoint).
   void set_distillation(DistillConfig d) {
-    DISTILL_CHECK(static_cast<bool>(d.teacher), "SftTrainer: distillation needs a teacher");
+    const bool aligned = d.target != DistillTarget::Logits;
+    DISTILL_CHECK(aligned ? static_cast<bool>(d.aligned) : static_cast<bool>(d.teacher), "SftTrainer: distillation (",
+                  distill_target_name(d.target), ") needs a teacher");
     DISTILL_CHECK(d.ce_weight >= 0 && d.kd_weight >= 0 && d.ce_weight + d.kd_weight > 0,
                   "SftTrainer: distillation weights must be >= 0 and not both 0 (ce ", d.ce_weight, ", kd ",
                   d.kd_weight, ")");
     DISTILL_CHECK((std::is_same_v<T, float> && std::is_same_v<D, Cpu>),
-                  "SftTrainer: logit distillation runs with an f32 student on the CPU (for now)");
+                  "SftTrainer: distillation runs with an f32 student on the CPU (for now)");
     DISTILL_CHECK(!cfg_.packing,
-                  "SftTrainer: logit distillation does not pack examples (the teacher would attend "
+                  "SftTrainer: distillation does not pack examples (the teacher would attend "
                   "across them); turn packing off");
     DISTILL_CHECK(model_.dims().final_softcap == 0,
                   "SftTrainer: logit distillation needs a model without a final "
                   "logit softcap");
+    DISTILL_CHECK(d.target != DistillTarget::TopK || d.topk >= 1, "SftTrainer: top-K distillation needs K >= 1");
+    DISTILL_CHECK(d.vocab_limit >= 0 && d.vocab_limit <= model_.dims().vocab, "SftTrainer: vocab_limit ", d.vocab_limit,
+                  " is outside 0..", model_.dims().vocab);
     d.kd.validate();
+    projections_.clear();
+    if (d.target == DistillTarget::Feature) {
+      DISTILL_CHECK(!d.layer_map.empty() && d.teacher_hidden > 0,
+                    "SftTrainer: feature distillation needs a layer map and the teacher's hidden size");
+      DISTILL_CHECK(!cfg_.checkpoint_blocks,
+                    "SftTrainer: feature distillation reads the blocks' outputs, which activation checkpointing "
+                    "does not keep; turn it off");
+      for (const auto& [sl, tl] : d.layer_map) {
+        DISTILL_CHECK(sl >= 0 && sl < model_.dims().layers, "SftTrainer: student layer ", sl, " is outside 0..",
+                      model_.dims().layers - 1);
+        projections_.emplace(sl,
+                             FeatureProjection::init(model_.dims().hidden, d.teacher_hidden,
+                                                     nn::derive_seed(d.projection_seed, static_cast<uint64_t>(sl))));
+      }
+    }
     distill_ = std::move(d);
+    make_optimizer();
   }
+
+  // Feature distillation's projections (empty otherwise), by student layer; checkpoints hold them in this file
+  // (feature_kd.hpp's save_projections), beside the adapter.
+  static constexpr const char* kProjectionsFile = "feature_projections.safetensors";
+  const std::map<int64_t, FeatureProjection>& feature_projections() const { return projections_; }
 
   int64_t total_steps() const { return total_steps_; }
   int64_t steps_per_epoch() const { return steps_per_epoch_; }
@@ -228,6 +293,7 @@ class SftTrainer {
     const int64_t last = std::min<int64_t>(first + cfg_.grad_accum * gmb, items_per_epoch_);
     DISTILL_CHECK(first < last, "SftTrainer: internal error: empty step");
     std::vector<data::Batch> mbs;
+    std::vector<std::vector<int64_t>> mb_examples;  // without packing: each micro-batch's examples, in row order
     int64_t num_items = 0, seq_tokens = 0;
     for (int64_t g = first; g < last; g += gmb) {
       // This process's rows of the micro-batch (none, at the end of an epoch, for some ranks).
@@ -245,7 +311,10 @@ class SftTrainer {
         mbs.push_back(data::make_rows_batch(rows, cfg_.pad_id));
       } else {
         std::vector<const data::SftExample*> ex;
+        mb_examples.emplace_back();
         for (const auto& r : rows) ex.push_back(r[0]);
+        for (int64_t i = b; i < e; ++i)
+          mb_examples.back().push_back(items_[static_cast<size_t>(order[static_cast<size_t>(i)])][0]);
         mbs.push_back(data::make_batch(ex, cfg_.pad_id));
       }
       num_items += count_targets(mbs.back().labels);
@@ -269,9 +338,9 @@ class SftTrainer {
       run.seed = nn::derive_seed(cfg_.seed, static_cast<uint64_t>(step_) * 1024 + m);
       run.checkpoint_blocks = cfg_.checkpoint_blocks;
       if (cfg_.packing) run.segments = mbs[m].segments;
-      if (distill_.teacher) {
+      if (distilling()) {
         if constexpr (std::is_same_v<T, float> && std::is_same_v<D, Cpu>) {
-          const auto [ce, kd] = distill_loss(mbs[m], num_items, run);
+          const auto [ce, kd] = distill_loss(mbs[m], mb_examples[m], num_items, run);
           ce_sum += static_cast<double>(ce.value().data()[0]);
           kd_sum += static_cast<double>(kd.value().data()[0]);
           const Var<float> l =
@@ -333,9 +402,10 @@ class SftTrainer {
     fs::remove_all(tmp);
     fs::create_directories(tmp);
     models::save_peft_adapter(model_, lora_, tmp.string(), cfg_.base_model);
+    if (!projections_.empty()) save_projections(projections_, (tmp / kProjectionsFile).string());
     if (cfg_.fault) cfg_.fault("checkpoint:" + std::to_string(step_));
     io::SafetensorsWriter w;
-    const auto named = models::named_lora_parameters(model_);
+    const auto named = named_parameters();
     nlohmann::ordered_json t = nlohmann::ordered_json::array();
     for (size_t i = 0; i < named.size(); ++i) {
       const auto& st = opt_->state(i);
@@ -386,21 +456,75 @@ class SftTrainer {
   }
 
  private:
-  // One micro-batch's (CE, KD), each already divided by the step's trained-token count.
+  bool distilling() const { return distill_.teacher || distill_.aligned; }
+
+  // One micro-batch's (CE, D), each already divided by the step's trained-token count.
   std::pair<Var<float>, Var<float>> distill_loss(
-      const data::Batch& mb, int64_t num_items,
+      const data::Batch& mb, std::span<const int64_t> examples, int64_t num_items,
       const models::RunOptions& run) requires(std::is_same_v<T, float>&& std::is_same_v<D, Cpu>) {
     const Tensor<int32_t> targets = shift_labels(mb.labels);
-    const Var<float> h = model_.hidden(mb.ids, mb.attention_mask, nullptr, run);
+    models::Capture<float> cap;
+    for (const auto& [sl, tl] : distill_.layer_map)
+      if (distill_.target == DistillTarget::Feature) cap.request(models::Hook::Block, sl);
+    const Var<float> h = model_.hidden(mb.ids, mb.attention_mask, projections_.empty() ? nullptr : &cap, run);
     const Var<float>& head = model_.weights().lm_head;
     const Var<float> ce = causal_lm_loss_from_hidden(model_, h, mb.labels, num_items);
-    Tensor<int32_t> valid = Tensor<int32_t>::zeros({targets.numel()});
-    const Tensor<int32_t> tc = targets.contiguous();
-    for (int64_t i = 0; i < tc.numel(); ++i) valid.data()[i] = tc.data()[i] != kIgnoreIndex;
-    const TeacherRows rows = distill_.teacher(mb.ids, mb.attention_mask);
-    const Var<float> kd =
-        linear_kd_loss(h, head, rows, valid, distill_.kd, static_cast<double>(num_items), distill_.chunk_rows);
-    return {ce, kd};
+    const auto nrm = static_cast<double>(num_items);
+    if (distill_.target == DistillTarget::Logits) {
+      Tensor<int32_t> valid = Tensor<int32_t>::zeros({targets.numel()});
+      const Tensor<int32_t> tc = targets.contiguous();
+      for (int64_t i = 0; i < tc.numel(); ++i) valid.data()[i] = tc.data()[i] != kIgnoreIndex;
+      TeacherRows rows = distill_.teacher(mb.ids, mb.attention_mask);
+      const int64_t limit = distill_.vocab_limit;
+      if (limit > 0 && limit < model_.dims().vocab) {  // padded vocabularies: the real tokens' columns only
+        rows = [rows, limit](int64_t r0, int64_t r1) {
+          const Tensor<float> t = rows(r0, r1);
+          DISTILL_CHECK(t.rank() == 2 && t.dim(1) >= limit, "distillation: the teacher's logits ", t.shape().str(),
+                        " are narrower than the vocabulary limit ", limit);
+          return t.slice(1, 0, limit).contiguous();
+        };
+        const Var<float> hh = reshape(h, {h.value().numel() / h.value().shape().back(), h.value().shape().back()});
+        const Var<float> head_cut = split(head, {limit, model_.dims().vocab - limit}, 0)[0];
+        return {ce, linear_kd_loss(hh, head_cut, rows, valid, distill_.kd, nrm, distill_.chunk_rows)};
+      }
+      return {ce, linear_kd_loss(h, head, rows, valid, distill_.kd, nrm, distill_.chunk_rows)};
+    }
+    const AlignedTargets at = distill_.aligned(examples, mb);
+    const int64_t N = targets.numel(), n = static_cast<int64_t>(at.rows.size());
+    Tensor<int32_t> idx = Tensor<int32_t>::zeros({std::max<int64_t>(n, 1)});
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t r = at.rows[static_cast<size_t>(i)];
+      DISTILL_CHECK(r >= 0 && r < N, "distillation: aligned position ", r, " is outside the micro-batch's ", N);
+      idx.data()[i] = static_cast<int32_t>(r);
+    }
+    if (n == 0) return {ce, ce * 0.0f};  // nothing aligned in this micro-batch: the CE alone
+    idx = idx.slice(0, 0, n).contiguous();
+    auto gather = [&](const Var<float>& x) {  // rows idx of x [B, T, C] as [n, C]
+      const int64_t C = x.value().shape().back();
+      return embedding(reshape(x, {x.value().numel() / C, C}), idx);
+    };
+    const Var<float> hr = gather(h);
+    // By value: the backward asks for the rows again after this function returns.
+    const TeacherRows rows = [vals = at.values](int64_t r0, int64_t r1) { return vals.slice(0, r0, r1).contiguous(); };
+    switch (distill_.target) {
+      case DistillTarget::TopK:
+        return {ce, linear_topk_kd_loss(hr, head, rows, distill_.topk, Tensor<int32_t>(), distill_.kd, nrm,
+                                        distill_.chunk_rows)};
+      case DistillTarget::Uld:
+        return {ce, linear_uld_loss(hr, head, rows, at.values.dim(1), Tensor<int32_t>(), distill_.kd.temperature, nrm,
+                                    distill_.chunk_rows)};
+      default: {
+        Var<float> sum;
+        for (const auto& [sl, proj] : projections_) {
+          const auto it = at.features.find(sl);
+          DISTILL_CHECK(it != at.features.end(), "distillation: no teacher features for student layer ", sl);
+          const Var<float> f = feature_loss(gather(cap.at(models::Hook::Block, sl)), proj, it->second,
+                                            Tensor<int32_t>(), distill_.feature_loss, nrm);
+          sum = sum.defined() ? sum + f : f;
+        }
+        return {ce, sum * static_cast<float>(1.0 / static_cast<double>(projections_.size()))};
+      }
+    }
   }
 
   void load_checkpoint_unchecked(const std::string& dir) {
@@ -415,9 +539,10 @@ class SftTrainer {
                   "same run (saved ",
                   s.at("settings").dump(), ", now ", now.dump(), ")");
     lora_ = models::load_peft_adapter(model_, dir);
+    if (!projections_.empty()) load_projections(projections_, (fs::path(dir) / kProjectionsFile).string());
     make_optimizer();
     const io::SafetensorsFile f = io::SafetensorsFile::open((fs::path(dir) / "optimizer.safetensors").string());
-    const auto named = models::named_lora_parameters(model_);
+    const auto named = named_parameters();
     const auto& t = s.at("param_steps");
     DISTILL_CHECK(t.is_array() && t.size() == named.size(), dir, ": optimizer state for ", t.size(),
                   " tensors, the adapter has ", named.size());
@@ -456,7 +581,22 @@ class SftTrainer {
 
   static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-  void make_optimizer() { opt_ = std::make_unique<AdamW<D>>(models::lora_parameters(model_), cfg_.adamw); }
+  // Every trained tensor by name, in the optimizer's order: the adapter's, then feature projections' (if any).
+  std::vector<std::pair<std::string, Var<float, D>>> named_parameters() const {
+    auto named = models::named_lora_parameters(model_);
+    if constexpr (std::is_same_v<D, Cpu>)
+      for (const auto& [sl, p] : projections_) {
+        named.emplace_back("feature_projection.layers." + std::to_string(sl) + ".weight", p.weight);
+        named.emplace_back("feature_projection.layers." + std::to_string(sl) + ".bias", p.bias);
+      }
+    return named;
+  }
+
+  void make_optimizer() {
+    std::vector<Var<float, D>> params;
+    for (const auto& [n, p] : named_parameters()) params.push_back(p);
+    opt_ = std::make_unique<AdamW<D>>(std::move(params), cfg_.adamw);
+  }
 
   // The examples of each item in file order (see plan()).
   std::vector<std::vector<int64_t>> pack_items() const {
@@ -498,6 +638,17 @@ class SftTrainer {
     j["data_hash"] = std::to_string(h);
     j["lora_r"] = lora_.r;
     j["lora_alpha"] = lora_.alpha;
+    if (distilling()) {  // absent for plain SFT, so earlier checkpoints still resume
+      j["distill"] = {distill_target_name(distill_.target),
+                      kd_divergence_name(distill_.kd.div),
+                      distill_.kd.beta,
+                      distill_.kd.temperature,
+                      distill_.ce_weight,
+                      distill_.kd_weight,
+                      distill_.topk,
+                      distill_.vocab_limit};
+      for (const auto& [sl, tl] : distill_.layer_map) j["distill_layers"].push_back({sl, tl});
+    }
     j["lora_dropout"] = lora_.dropout;
     j["rslora"] = lora_.rslora;
     if (cfg_.world > 1) j["data_parallel_world"] = cfg_.world;  // absent for one process (older checkpoints)
@@ -513,6 +664,7 @@ class SftTrainer {
   int64_t items_per_epoch_ = 0, steps_per_epoch_ = 0, total_steps_ = 0, step_ = 0;
   std::vector<StepLog> history_;
   DistillConfig distill_;
+  std::map<int64_t, FeatureProjection> projections_;  // feature distillation, by student layer
 };
 
 }  // namespace distill::train
