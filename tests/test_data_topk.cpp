@@ -39,6 +39,7 @@ TopkRecord make_record(const std::string& id, int64_t positions, int64_t k, int6
   for (int64_t p = 0; p < positions; ++p) {
     const auto l = random_logits(V, seed * 1000 + static_cast<uint64_t>(p));
     r.append_row(l.data(), V);
+    r.tokens.push_back(static_cast<int32_t>((seed * 7 + static_cast<uint64_t>(p) * 3) % static_cast<uint64_t>(V)));
   }
   return r;
 }
@@ -103,6 +104,7 @@ TEST_CASE("written and read back exactly; cut at any byte: truncated, or a short
       CHECK(got.ids == want.ids);
       CHECK(std::memcmp(got.logprobs.data(), want.logprobs.data(), want.logprobs.size() * 4) == 0);
       CHECK(std::memcmp(got.tail.data(), want.tail.data(), want.tail.size() * 4) == 0);
+      CHECK(got.tokens == want.tokens);
     }
     CHECK_THROWS_WITH_AS(r.get("99"), doctest::Contains("no teacher logits for trace \"99\""), Error);
   }
@@ -165,7 +167,8 @@ TEST_CASE("malformed top-k files: every field is checked, with the byte offset")
     expect(b, what);
   };
   corrupt(0, 'X', "no DSTLTOPK magic");
-  corrupt(8, 2, "version 2");
+  corrupt(8, 3, "version 3");
+  corrupt(8, 1, "version 1 files lack the emitted tokens");
   corrupt(12, 0, "K = 0");
   corrupt(24, 0, "byte 24: record 1: bad record magic");
   corrupt(36, 1, "reserved field is not 0");
@@ -180,6 +183,14 @@ TEST_CASE("malformed top-k files: every field is checked, with the byte offset")
   std::memcpy(b.data() + 24 + 16 + 1 + 2 * 4, &pos, 4);
   write_bytes(path, b);
   CHECK_THROWS_WITH_AS(TopkReader(path).get("r"), doctest::Contains("is not <= 0"), Error);
+  b = good;  // the emitted token (the record's last 4 bytes) outside the vocabulary
+  b[b.size() - 4] = 10;
+  write_bytes(path, b);
+  CHECK_THROWS_WITH_AS(TopkReader(path).get("r"), doctest::Contains("emitted token 10"), Error);
+  // A record whose arrays disagree is refused by the writer's serializer.
+  TopkRecord r = make_record("q", 2, 2, 10, 6);
+  r.tokens.pop_back();
+  CHECK_THROWS_WITH_AS(serialize_topk_record(r, 2), doctest::Contains("arrays do not match"), Error);
 }
 
 TEST_CASE("a file written from the format description alone (Python struct, the fuzz seed) reads") {

@@ -220,7 +220,8 @@ GenerateSummary run_generate(const GenerateOpts& o, std::ostream& err) {
       };
     }
     runner->generate(prompts, g, o.batch_size, [&](size_t i, const generate::Generation& row) {
-      if (topk) {  // --save-logits
+      if (topk) {  // --save-logits: one row per emitted token (the stop token included)
+        logits[i].tokens = row.tokens;
         topk->append(logits[i]);
         logits[i] = data::TopkRecord{};
       }

@@ -3,13 +3,16 @@
 // without the teacher in memory (`gsm8k_distill generate --save-logits K` writes it, `train --kd ...` reads it).
 //
 // File layout (little-endian), "<traces stem>.topk.bin":
-//   header   8 bytes "DSTLTOPK", u32 version (1), u32 K, u32 vocab (the teacher's logits width), u32 reserved (0)
+//   header   8 bytes "DSTLTOPK", u32 version (2), u32 K, u32 vocab (the teacher's logits width), u32 reserved (0)
 //   records  appended as traces finish, each:
 //              u32 magic 0x314B5054 ("TPK1"), u32 id_len, u32 positions, u32 reserved (0),
 //              id bytes [id_len] (the trace record's "id"),
 //              i32 token ids [positions * K]  (row-major; each row sorted by log-prob, highest first),
 //              f32 log-probs [positions * K]  (log_softmax of the logits at T = 1),
 //              f32 tail      [positions]      (log(1 - sum of the row's K probabilities); -inf when nothing is left)
+//              i32 tokens    [positions]      (the token the teacher emitted at each position: the rows' text, which
+//                                                training aligns with the student's tokens)
+// Version 1 (no tokens) is refused with a message: regenerate with --save-logits.
 // A record is complete when all its bytes are present. A writer killed mid-record leaves a torn tail, which
 // repair_topk_tail() cuts (the trace's JSONL line is written after its record, so a resumed generate redoes that
 // trace). The reader maps the file, indexes the records by id, and reports any malformed byte range as a
@@ -37,7 +40,7 @@
 namespace distill::data {
 
 inline constexpr char kTopkMagic[8] = {'D', 'S', 'T', 'L', 'T', 'O', 'P', 'K'};
-inline constexpr uint32_t kTopkVersion = 1;
+inline constexpr uint32_t kTopkVersion = 2;
 inline constexpr uint32_t kTopkRecordMagic = 0x314B5054u;  // "TPK1"
 inline constexpr size_t kTopkHeaderBytes = 24, kTopkRecordHeaderBytes = 16;
 
@@ -48,6 +51,7 @@ struct TopkRecord {
   std::vector<int32_t> ids;     // [positions * k]
   std::vector<float> logprobs;  // [positions * k]
   std::vector<float> tail;      // [positions]
+  std::vector<int32_t> tokens;  // [positions]: the token emitted at each position (set by the caller)
 
   // The top-k of one row of logits (any length V >= k): log_softmax at T = 1, highest first (ties: lower id first).
   void append_row(const float* logits, int64_t V) {
@@ -110,8 +114,10 @@ inline std::string header(uint32_t k, uint32_t vocab) {
 inline std::string serialize_topk_record(const TopkRecord& r, uint32_t k) {
   DISTILL_CHECK(static_cast<uint32_t>(r.k) == k, "top-k record ", r.id, ": k is ", r.k, ", the file's is ", k);
   DISTILL_CHECK(r.ids.size() == static_cast<size_t>(r.positions * r.k) && r.logprobs.size() == r.ids.size() &&
-                    r.tail.size() == static_cast<size_t>(r.positions),
-                "top-k record ", r.id, ": arrays do not match ", r.positions, " positions x ", r.k);
+                    r.tail.size() == static_cast<size_t>(r.positions) &&
+                    r.tokens.size() == static_cast<size_t>(r.positions),
+                "top-k record ", r.id, ": arrays do not match ", r.positions, " positions x ", r.k, " (",
+                r.tokens.size(), " emitted tokens)");
   std::string s;
   detail_topk::put_u32(s, kTopkRecordMagic);
   detail_topk::put_u32(s, static_cast<uint32_t>(r.id.size()));
@@ -121,6 +127,7 @@ inline std::string serialize_topk_record(const TopkRecord& r, uint32_t k) {
   detail_topk::put_array(s, r.ids);
   detail_topk::put_array(s, r.logprobs);
   detail_topk::put_array(s, r.tail);
+  detail_topk::put_array(s, r.tokens);
   return s;
 }
 
@@ -146,7 +153,9 @@ inline TopkIndex index_topk(std::span<const uint8_t> b, const std::string& where
   if (std::memcmp(b.data(), kTopkMagic, 8) != 0) fail(0, "not a Distill top-k logits file (no DSTLTOPK magic)");
   TopkIndex ix;
   const uint32_t version = get_u32(b.data() + 8);
-  if (version != kTopkVersion) fail(8, "version " + std::to_string(version) + " (this build reads version 1)");
+  if (version != kTopkVersion)
+    fail(8, "version " + std::to_string(version) + " (this build reads version 2" +
+                (version == 1 ? "; version 1 files lack the emitted tokens: rerun generate --save-logits)" : ")"));
   ix.k = get_u32(b.data() + 12);
   ix.vocab = get_u32(b.data() + 16);
   if (ix.k == 0 || ix.k > 4096) fail(12, "K = " + std::to_string(ix.k) + " (expected 1..4096)");
@@ -168,7 +177,7 @@ inline TopkIndex index_topk(std::span<const uint8_t> b, const std::string& where
     const uint64_t id_len = get_u32(b.data() + at + 4), positions = get_u32(b.data() + at + 8);
     if (get_u32(b.data() + at + 12) != 0) fail(at + 12, rec + ": reserved field is not 0");
     if (id_len == 0 || id_len > 4096) fail(at + 4, rec + ": id length " + std::to_string(id_len));
-    const uint64_t body = id_len + positions * ix.k * 8 + positions * 4;
+    const uint64_t body = id_len + positions * ix.k * 8 + positions * 8;
     if (b.size() - at - kTopkRecordHeaderBytes < body) {
       if (torn(std::to_string(body) + " bytes of body declared")) break;
     }
@@ -195,9 +204,17 @@ inline TopkRecord read_topk_record(std::span<const uint8_t> b, const TopkIndex& 
   r.ids.resize(n);
   r.logprobs.resize(n);
   r.tail.resize(static_cast<size_t>(e.positions));
+  r.tokens.resize(static_cast<size_t>(e.positions));
   if (n) std::memcpy(r.ids.data(), p, n * 4);
   if (n) std::memcpy(r.logprobs.data(), p + n * 4, n * 4);
   if (e.positions) std::memcpy(r.tail.data(), p + n * 8, static_cast<size_t>(e.positions) * 4);
+  if (e.positions)
+    std::memcpy(r.tokens.data(), p + n * 8 + static_cast<size_t>(e.positions) * 4,
+                static_cast<size_t>(e.positions) * 4);
+  for (const int32_t t : r.tokens)
+    if (t < 0 || static_cast<uint32_t>(t) >= ix.vocab)
+      throw Error(where + ": record \"" + id + "\": emitted token " + std::to_string(t) +
+                  " outside the vocabulary of " + std::to_string(ix.vocab));
   for (size_t i = 0; i < n; ++i) {
     const bool pad = r.ids[i] == -1 && std::isinf(r.logprobs[i]) && r.logprobs[i] < 0;
     if (!pad && (r.ids[i] < 0 || static_cast<uint32_t>(r.ids[i]) >= ix.vocab))
