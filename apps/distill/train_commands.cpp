@@ -14,6 +14,7 @@
 #include "distill/text/chat.hpp"
 #include "distill/train/plot.hpp"
 #include "distill/train/trainer.hpp"
+#include "distill_teacher.hpp"
 #include "mpi_env.hpp"
 #include "progress.hpp"
 
@@ -31,8 +32,12 @@ inline double peak_rss_mb() {
 // The examples of a JSONL file, one per line: {"messages": [...]} or GSM8K's {"question", "answer"} (a user
 // turn, then the assistant's), rendered with the model's chat template and labelled on assistant tokens; or
 // pre-tokenized {"ids": [...], "labels": [...]} (labels optional: then every token is trained).
+// texts (when given) receives each record's id and conversation, and the teacher's own version of it: a
+// question/answer record with a "response" (the teacher's full response, e.g. with its thinking, as gsm8k_distill
+// writes it beside the answer the student learns) gives the teacher that response.
 inline std::vector<data::SftExample> read_examples(const std::string& path, const std::string& model_dir,
-                                                   int64_t max_len, int64_t limit) {
+                                                   int64_t max_len, int64_t limit,
+                                                   std::vector<ExampleText>* texts = nullptr) {
   data::JsonlReader r(path);
   std::vector<data::SftExample> out;
   std::optional<text::Tokenizer> tok;
@@ -60,14 +65,17 @@ inline std::vector<data::SftExample> read_examples(const std::string& path, cons
         e.labels.resize(static_cast<size_t>(max_len));
       }
       out.push_back(std::move(e));
+      if (texts) texts->push_back({j.value("id", where), {}, {}});
       continue;
     }
-    std::vector<text::Message> chat;
+    std::vector<text::Message> chat, teacher_chat;
     if (j.contains("messages")) {
       chat = text::messages_from_json(j.at("messages"), where);
     } else if (j.contains("question") && j.contains("answer") && j["question"].is_string() && j["answer"].is_string()) {
       chat = {text::Message{"user", j["question"].get<std::string>()},
               text::Message{"assistant", j["answer"].get<std::string>()}};
+      if (j.contains("response") && j["response"].is_string())
+        teacher_chat = {chat[0], text::Message{"assistant", j["response"].get<std::string>()}};
     } else {
       throw Error(where + ": expected {\"messages\": [...]}, {\"question\", \"answer\"} or {\"ids\", \"labels\"}");
     }
@@ -76,31 +84,13 @@ inline std::vector<data::SftExample> read_examples(const std::string& path, cons
       fmt = text::detect_chat_format(model_dir);
     }
     out.push_back(data::build_sft_example(*tok, *fmt, chat, max_len));
+    if (texts) {
+      const std::string id = j.contains("id") && j["id"].is_string() ? j["id"].get<std::string>() : where;
+      texts->push_back({id, chat, teacher_chat.empty() ? chat : teacher_chat});
+    }
   }
   if (out.empty()) throw Error(path + ": no records");
   return out;
-}
-
-// A teacher with the student's tokenizer, as the trainer's callback: one forward without the tape per
-// micro-batch (f32), its logits handed out by rows of the [B * T] positions (hidden rows @ lm_head^T).
-inline std::function<train::TeacherRows(const Tensor<int32_t>&, const Tensor<int32_t>&)> load_teacher(
-    const std::string& dir, int64_t student_vocab) {
-  const io::ModelConfig cfg = io::load_model_config(dir);
-  DISTILL_CHECK(cfg.vocab_size == student_vocab, "--teacher ", dir, ": its vocabulary has ", cfg.vocab_size,
-                " tokens, the student's ", student_vocab,
-                "; kl/rkl/jsd compare the two distributions token by token and need the same tokenizer");
-  auto make = [&]<models::TransformerSpec S>() {
-    auto m = std::make_shared<const models::Transformer<S, float>>(models::Transformer<S, float>::load(dir));
-    DISTILL_CHECK(m->dims().final_softcap == 0, "--teacher ", dir, ": final logit softcaps are not supported here");
-    return [m](const Tensor<int32_t>& ids, const Tensor<int32_t>& mask) -> train::TeacherRows {
-      autograd::NoGradGuard ng;
-      const Tensor<float> h = m->hidden(ids, mask).value().contiguous();
-      const Tensor<float> w = m->weights().lm_head.value().contiguous();
-      return [h, w](int64_t r0, int64_t r1) { return train::head_logits(h, w, r0, r1); };
-    };
-  };
-  if (cfg.arch == io::ModelArch::Qwen3) return make.template operator()<models::qwen3::kFamily>();
-  return make.template operator()<models::gemma3::kFamily>();
 }
 
 }  // namespace detail
@@ -115,7 +105,8 @@ void run_train(const TrainCmd& o, std::ostream& log, std::ostream& err) {
     lo.qtype = o.quant_type == "nf4" ? quant::QuantType::Nf4 : quant::QuantType::Fp4;
     auto model = models::Transformer<Spec, T>::load(o.model, "model", lo);
 
-    std::vector<data::SftExample> ex = detail::read_examples(o.data, o.model, o.max_len, o.limit);
+    std::vector<ExampleText> texts;
+    std::vector<data::SftExample> ex = detail::read_examples(o.data, o.model, o.max_len, o.limit, &texts);
 
     nn::LoraConfig lc;
     lc.r = o.lora_r;
@@ -162,21 +153,13 @@ void run_train(const TrainCmd& o, std::ostream& log, std::ostream& err) {
         if (stage == at) std::_Exit(86);
       };
     }
-    train::SftTrainer<Spec, T> tr(model, lc, std::move(ex), tc);
     const bool distilling = o.mode != "sft";
-    if (distilling) {
-      DISTILL_CHECK(o.mode == "kl" || o.mode == "rkl" || o.mode == "jsd", "--mode must be sft, kl, rkl or jsd, got \"",
-                    o.mode, "\"");
-      DISTILL_CHECK(!o.teacher.empty(), "--mode ", o.mode, " needs --teacher DIR (a teacher with the same tokenizer)");
-      train::DistillConfig dc;
-      dc.kd.div = train::parse_kd_divergence(o.mode);
-      dc.kd.temperature = o.temperature;
-      dc.kd.beta = o.beta;
-      dc.ce_weight = o.ce_weight;
-      dc.kd_weight = o.kd_weight;
-      dc.teacher = detail::load_teacher(io::resolve_model_dir(o.teacher), model.dims().vocab);
-      tr.set_distillation(std::move(dc));
-    }
+    std::optional<train::DistillConfig> dc;
+    if (distilling)
+      dc =
+          make_distillation(o, {o.model, model.dims().vocab, model.dims().hidden, model.dims().layers}, ex, texts, err);
+    train::SftTrainer<Spec, T> tr(model, lc, std::move(ex), tc);
+    if (dc) tr.set_distillation(std::move(*dc));
     int64_t from = 0;
     if (o.resume) {
       from = tr.resume();
@@ -229,7 +212,8 @@ void run_train(const TrainCmd& o, std::ostream& log, std::ostream& err) {
                        {"seconds", l.seconds},
                        {"tokens_per_second", static_cast<double>(l.seq_tokens) / std::max(l.seconds, 1e-9)},
                        {"peak_rss_mb", detail::peak_rss_mb()}};
-      if (distilling) {
+      if (distilling) {  // the two components, unweighted; kd_loss is the mode's (kl, rkl, jsd, uld, feature)
+        j["mode"] = o.mode;
         j["ce_loss"] = l.ce_loss;
         j["kd_loss"] = l.kd_loss;
       }
@@ -244,6 +228,9 @@ void run_train(const TrainCmd& o, std::ostream& log, std::ostream& err) {
     train::write_training_curves(tr.history(), curves, curves_title);
     const std::string fin = (std::filesystem::path(o.out) / "adapter").string();
     models::save_peft_adapter(model, lc, fin, o.model);
+    if (!tr.feature_projections().empty())  // feature distillation: its projections beside the adapter
+      train::save_projections(tr.feature_projections(),
+                              (std::filesystem::path(fin) / train::SftTrainer<Spec, T>::kProjectionsFile).string());
     err << "[distill] adapter written to " << fin << "\n";
   });
 }

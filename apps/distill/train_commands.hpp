@@ -39,11 +39,16 @@ struct TrainCmd : ModelOptions {
   bool resume = false;
   int64_t limit = 0;  // use only the first N records
   bool quiet = false;
-  // Logit distillation from a teacher with the student's tokenizer (train/kd.hpp): mode sft (labels only), kl,
-  // rkl or jsd; loss = ce_weight * CE + kd_weight * KD.
+  // Distillation (distill_teacher.hpp): mode sft (labels only), kl, rkl, jsd, uld or feature;
+  // loss = ce_weight * CE + kd_weight * D.
   std::string mode = "sft";
-  std::string teacher;  // the teacher's checkpoint directory (kl, rkl, jsd)
+  std::string teacher;                      // the teacher's checkpoint directory
+  std::vector<std::string> teacher_logits;  // offline top-K logits files (generate --save-logits), kl/rkl/jsd
+  std::string teacher_tokenizer;            // offline: the teacher's tokenizer (default: the student's)
   double kd_weight = 0.5, ce_weight = 0.5, temperature = 1.0, beta = 0.5;
+  int64_t topk = 64;                 // another tokenizer, kl/rkl/jsd: the teacher's K most probable shared tokens
+  std::string layer_map;             // feature: "s:t,..." (empty: proportional)
+  std::string feature_loss = "mse";  // feature: mse or cosine
 };
 
 struct QuantizeCmd {

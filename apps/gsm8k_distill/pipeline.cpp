@@ -267,21 +267,28 @@ static int64_t collect_accepted(const std::string& path, bool strict, Accepted& 
   int64_t n = 0;
   const int64_t skipped =
       for_each_record_lenient(path, strict, err, [&](const nlohmann::json& j, const data::JsonlReader& r) {
-        if (j.contains("response")) {
+        if (j.contains("response") && !j.contains("answer")) {  // a trace record (accepted lines have "answer")
           auto rec = data::TraceRecord::from_json(j, r.where());
+          const std::string full = rec.response;
           rec.response = strip_thinking(rec.response);
           const auto v = data::filter_trace(rec);
           if (!v.accepted) {
             ++rejected[v.reason.substr(0, v.reason.find(':'))];
             return;
           }
+          // "answer": what the student learns; "response": the teacher's own text (thinking included), which a
+          // distilling teacher reads to align its positions with the student's (distill_teacher.hpp).
           out_lines.emplace_back(
-              rec.id, nlohmann::json{{"id", rec.id}, {"question", rec.question}, {"answer", v.text}}.dump() + "\n");
+              rec.id, nlohmann::json{{"id", rec.id}, {"question", rec.question}, {"answer", v.text}, {"response", full}}
+                              .dump() +
+                          "\n");
         } else {
           const std::string& q = r.string_field(j, "question");
           const std::string& a = r.string_field(j, "answer");
           const std::string id = j.value("id", r.where());
-          out_lines.emplace_back(id, nlohmann::json{{"id", id}, {"question", q}, {"answer", a}}.dump() + "\n");
+          nlohmann::json line{{"id", id}, {"question", q}, {"answer", a}};
+          if (j.contains("response") && j["response"].is_string()) line["response"] = j["response"];
+          out_lines.emplace_back(id, line.dump() + "\n");
         }
         ++n;
       });
@@ -333,6 +340,14 @@ void run_gsm8k_train(TrainOpts o, std::ostream& log, std::ostream& err) {
         << (rejected.empty() ? std::string() : " (rejected: " + rejected_summary(rejected) + ")") << " -> " << o.data
         << "\n";
   o.model = io::resolve_model_dir(o.model);
+  // kl/rkl/jsd without a teacher model: the teacher's logits saved beside the traces (generate --save-logits).
+  if ((o.mode == "kl" || o.mode == "rkl" || o.mode == "jsd") && o.teacher_logits.empty()) {
+    for (const auto& t : o.traces)
+      if (fs::is_regular_file(topk_path(t))) o.teacher_logits.push_back(topk_path(t));
+    if (!o.teacher_logits.empty() && !o.teacher.empty()) o.teacher_logits.clear();  // --teacher given: run it
+    if (!o.teacher_logits.empty() && mw.rank == 0 && !o.quiet)
+      err << "[gsm8k_distill] --mode " << o.mode << " from the saved teacher logits beside the traces\n";
+  }
   app::run_train(o, log, err);
 }
 

@@ -4,7 +4,8 @@
 #   fatal with --strict; an empty data set and a fully-filtered one are clear errors; train killed and resumed ==
 #   uninterrupted (adapter bytes); mpirun -np 2 train == one process with twice the batch; metrics and the plot
 #   beside them; eval's before/after table; --config; ask; --save-logits (one top-K record per trace, a row per
-#   generated token, unchanged by kill + resume; a cut file is a clear error); train --mode jsd --teacher.
+#   generated token, unchanged by kill + resume; a cut file is a clear error); train --mode jsd --teacher (same
+#   tokenizer), kl/uld/feature across tokenizers, kl from the saved logits.
 # Inputs: -DAPP=<gsm8k_distill> -DMODELS=<dir with teacher/ and student/> -DWORK=<dir> -DDISTILL=<distill tool>
 # [-DMPIEXEC=<mpirun>]
 file(REMOVE_RECURSE "${WORK}")
@@ -119,8 +120,8 @@ if(NOT EXISTS "${WORK}/t_straight/train_curves.svg" OR n_ckpts LESS 2)
 endif()
 
 # Logit distillation (--mode jsd) from the demo teacher into a student with its tokenizer (a 1-layer random model
-# with the teacher's config, made by distill random-model); both loss parts in the metrics. Without --teacher, or
-# with a teacher whose tokenizer differs (the demo's Gemma3 student), a clear error.
+# with the teacher's config, made by distill random-model); both loss parts in the metrics. Without --teacher, a
+# clear error.
 run(0 "${DISTILL}" random-model --config "${MODELS}/teacher/config.json" --layers 1 --tokenizer "${MODELS}/teacher"
     --out "${WORK}/kd_student")
 set(kd train --traces "${WORK}/straight/traces.jsonl" --max-steps 2 --batch-size 2 --grad-accum 1 --no-quantize
@@ -128,10 +129,26 @@ set(kd train --traces "${WORK}/straight/traces.jsonl" --max-steps 2 --batch-size
 run(0 "${APP}" ${kd} --student "${WORK}/kd_student" --out "${WORK}/kd" --mode jsd --teacher "${MODELS}/teacher")
 file(STRINGS "${WORK}/kd/train_log.jsonl" kdlog LIMIT_COUNT 1)
 expect_match("kd metrics" "${kdlog}" "\"ce_loss\":[0-9.e-]+.*\"kd_loss\":[0-9.e-]+")
-run(1 "${APP}" ${kd} --student "${WORK}/kd_student" --out "${WORK}/kd2" --mode kl)
-expect_match("kd without a teacher" "${err}" "needs --teacher")
-run(1 "${APP}" ${kd} --student "${MODELS}/student" --out "${WORK}/kd3" --mode kl --teacher "${MODELS}/teacher")
-expect_match("kd across tokenizers" "${err}" "need the same tokenizer")
+run(1 "${APP}" ${kd} --student "${WORK}/kd_student" --out "${WORK}/kd2" --mode uld)
+expect_match("uld without a teacher" "${err}" "needs --teacher")
+# Across tokenizers (the demo's Qwen3 teacher, its Gemma3 student): KL over the shared vocabulary at aligned
+# positions, ULD, and feature distillation (its projections saved beside the adapter).
+foreach(mode kl uld feature)
+  run(0 "${APP}" ${kd} --student "${MODELS}/student" --out "${WORK}/x_${mode}" --mode ${mode} --teacher
+      "${MODELS}/teacher")
+  expect_match("${mode} across tokenizers: alignment" "${err}" "another tokenizer\\): [0-9]+ of [0-9]+ trained tokens aligned")
+  file(STRINGS "${WORK}/x_${mode}/train_log.jsonl" xlog LIMIT_COUNT 1)
+  expect_match("${mode} metrics" "${xlog}" "\"ce_loss\":[0-9.e-]+.*\"kd_loss\":[0-9.e-]+.*\"mode\":\"${mode}\"")
+endforeach()
+if(NOT EXISTS "${WORK}/x_feature/adapter/feature_projections.safetensors")
+  message(FATAL_ERROR "feature: no feature_projections.safetensors beside the adapter")
+endif()
+# Offline: the top-5 logits saved beside the traces, without the teacher model (its tokenizer named).
+run(1 "${APP}" ${kd} --student "${MODELS}/student" --out "${WORK}/off1" --mode kl)
+expect_match("offline logits need the teacher's tokenizer" "${err}" "--teacher-tokenizer")
+run(0 "${APP}" ${kd} --student "${MODELS}/student" --out "${WORK}/off2" --mode kl --teacher-tokenizer
+    "${MODELS}/teacher")
+expect_match("offline alignment" "${err}" "offline teacher logits \\(K = 5\\): [0-9]+ of [0-9]+ trained tokens aligned")
 
 # Data parallel: mpirun -np 2 with micro-batch 2 == one process with micro-batch 4 (within f32 tolerance).
 if(MPIEXEC)

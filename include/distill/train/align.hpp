@@ -143,6 +143,13 @@ inline VocabMap shared_vocabulary(const text::Tokenizer& teacher, const text::To
   auto is_byte_piece = [](const std::string& p) {  // SentencePiece byte fallback "<0x41>"
     return p.size() == 6 && p.compare(0, 3, "<0x") == 0 && p[5] == '>';
   };
+  auto piece_of = [](const text::Tokenizer& tok, int32_t id) -> std::string {  // "" for an id no token has
+    try {
+      return tok.id_to_token(id);
+    } catch (const Error&) {
+      return {};
+    }
+  };
   auto bytes_of = [](const text::Tokenizer& tok, int32_t id) {
     const std::vector<int32_t> one{id};
     return tok.decode(one, false);
@@ -150,7 +157,8 @@ inline VocabMap shared_vocabulary(const text::Tokenizer& teacher, const text::To
   std::unordered_map<std::string, int32_t> by_bytes;
   for (int pass = 0; pass < 2; ++pass)  // ordinary pieces first, then byte-fallback pieces for bytes not yet seen
     for (int32_t id = 0; id < student.vocab_size(); ++id) {
-      if (student.is_special(id) || is_byte_piece(student.id_to_token(id)) != (pass == 1)) continue;
+      const std::string piece = piece_of(student, id);
+      if (piece.empty() || student.is_special(id) || is_byte_piece(piece) != (pass == 1)) continue;
       const std::string b = bytes_of(student, id);
       if (b.empty() || b.find("\xEF\xBF\xBD") != std::string::npos) continue;  // decodes to nothing / U+FFFD
       by_bytes.emplace(b, id);
@@ -158,7 +166,7 @@ inline VocabMap shared_vocabulary(const text::Tokenizer& teacher, const text::To
   VocabMap m;
   m.to_student.assign(static_cast<size_t>(teacher.vocab_size()), -1);
   for (int32_t id = 0; id < teacher.vocab_size(); ++id) {
-    if (teacher.is_special(id)) continue;
+    if (teacher.is_special(id) || piece_of(teacher, id).empty()) continue;
     const std::string b = bytes_of(teacher, id);
     if (b.empty() || b.find("\xEF\xBF\xBD") != std::string::npos) continue;
     if (const auto it = by_bytes.find(b); it != by_bytes.end()) {
