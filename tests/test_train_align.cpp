@@ -85,6 +85,20 @@ TEST_CASE("token_text and align_tokens on the demo's two tokenizers (Qwen3-style
   CHECK(pairs.back() ==
         std::pair<int64_t, int64_t>{static_cast<int64_t>(ids_s.size()) - 1, static_cast<int64_t>(ids_t.size()) - 1});
   for (size_t k = 1; k < pairs.size(); ++k) CHECK(pairs[k].second > pairs[k - 1].second);
+  // whole_tokens: a subset whose tokens are the same text on both sides (start and end at the same characters).
+  const auto whole = align_tokens(s, 0, t, 0, /*whole_tokens=*/true);
+  CHECK(whole.size() < pairs.size());
+  CHECK(whole.size() > pairs.size() / 2);
+  for (size_t k = 0; k + 1 < whole.size(); ++k) {
+    const auto [a, b] = whole[k];
+    CHECK(ts.decode(std::vector<int32_t>{ids_s[static_cast<size_t>(a)]}, false) ==
+          tt.decode(std::vector<int32_t>{ids_t[static_cast<size_t>(b)]}, false));
+  }
+  int64_t same_text = 0;  // and every pair of the start rule whose tokens are the same text is kept
+  for (size_t k = 0; k + 1 < pairs.size(); ++k)
+    same_text += ts.decode(std::vector<int32_t>{ids_s[static_cast<size_t>(pairs[k].first)]}, false) ==
+                 tt.decode(std::vector<int32_t>{ids_t[static_cast<size_t>(pairs[k].second)]}, false);
+  CHECK(static_cast<int64_t>(whole.size()) - 1 == same_text);
   // Same tokenizer, same text: every token with itself.
   const auto self = align_tokens(t, 5, t, 9);
   REQUIRE(self.size() == ids_t.size());

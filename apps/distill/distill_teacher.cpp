@@ -136,13 +136,15 @@ train::DistillConfig offline(const TrainCmd& o, const StudentInfo& st, const std
                 "--teacher-tokenizer DIR");
   const auto ttok = text::Tokenizer::from_file(tdir);
   auto map = std::make_shared<train::VocabMap>();
-  if (tdir == st.dir || same_tokenizer(ttok, stok)) {
+  const bool same = tdir == st.dir || same_tokenizer(ttok, stok);
+  if (same) {
     *map = train::identity_vocabulary(std::min<int64_t>(readers->front().vocab(), st.vocab));
   } else {
     *map = train::shared_vocabulary(ttok, stok,
                                     end_pairs(text::detect_chat_format(tdir), text::detect_chat_format(st.dir)));
     err << "[distill] teacher logits in another vocabulary: " << map->shared << " of " << ttok.vocab_size()
-        << " teacher tokens have a student counterpart (the rest count as tail mass)\n";
+        << " teacher tokens have an identical student token (the rest count as tail mass); distilled at positions "
+           "where both sides predict the same text\n";
   }
   // Per example: the file and the (student position, record row) pairs.
   struct Where {
@@ -168,7 +170,7 @@ train::DistillConfig offline(const TrainCmd& o, const StudentInfo& st, const std
     }
     const data::TopkRecord rec = (*readers)[static_cast<size_t>(w.reader)].get(texts[e].id);
     const train::TokenText t = train::token_text(ttok, rec.tokens);
-    for (const auto& [ks, kt] : train::align_tokens(s.text, 0, t, 0))
+    for (const auto& [ks, kt] : train::align_tokens(s.text, 0, t, 0, /*whole_tokens=*/!same))
       w.pairs.emplace_back(s.pos[static_cast<size_t>(ks)], kt);
     aligned += static_cast<int64_t>(w.pairs.size());
   }
@@ -257,7 +259,10 @@ train::DistillConfig make_distillation(const TrainCmd& o, const StudentInfo& st,
     const Trained s = trained_text(stok, ex[e]), t = trained_text(ttok, (*tex)[e]);
     trained += static_cast<int64_t>(s.pos.size());
     if (t.pos.empty()) continue;
-    for (const auto& [ks, kt] : train::align_tokens(s.text, 0, t.text, 0))
+    // KL/JSD across tokenizers compare next-token distributions: only where both sides' next tokens are the same
+    // text (a student token spelling more or less than the teacher's would be pulled toward another spelling).
+    const bool whole = !same && (o.mode == "kl" || o.mode == "rkl" || o.mode == "jsd");
+    for (const auto& [ks, kt] : train::align_tokens(s.text, 0, t.text, 0, whole))
       (*pairs)[e].emplace_back(s.pos[static_cast<size_t>(ks)], t.pos[static_cast<size_t>(kt)] - 1);
     aligned += static_cast<int64_t>((*pairs)[e].size());
   }

@@ -104,35 +104,54 @@ std::vector<DemoResult> run_demo(const DemoOpts& o, std::ostream& out, std::ostr
     g.quiet = o.quiet;
     const GenerateSummary gs = run_generate(g, log);
 
-    // 2. The student learns from them: NF4 base + LoRA on all seven projections.
-    TrainOpts t;
-    t.model = student;
-    t.traces = {accepted_path(g.out)};
-    t.out = (w / "train").string();
-    t.quantize = true;
-    t.lora_r = o.lora_r;
-    t.lora_alpha = o.lora_alpha;
-    t.lr = o.lr;
-    t.schedule = "linear";
-    t.warmup_steps = 10;
-    t.epochs = o.epochs;
-    t.batch_size = o.batch_size;
-    t.grad_accum = o.grad_accum;
-    t.max_len = 256;
-    t.seed = seed;
-    t.threads = o.threads;
-    t.quiet = o.quiet;
-    const std::string adapter = (fs::path(t.out) / "adapter").string();
-    if (!fs::is_regular_file(fs::path(adapter) / "adapter_config.json")) {
-      t.resume = !train::latest_checkpoint(t.out).empty();
-      run_gsm8k_train(t, sink, log);
+    // 2. The student learns from them: NF4 base + LoRA on all seven projections, once per mode.
+    std::vector<std::string> adapters;
+    std::vector<double> train_seconds;
+    for (const std::string& mode : o.modes) {
+      TrainOpts t;
+      t.model = student;
+      t.traces = {accepted_path(g.out)};
+      t.out = (w / (mode == "sft" ? std::string("train") : "train-" + mode)).string();
+      t.quantize = true;
+      t.lora_r = o.lora_r;
+      t.lora_alpha = o.lora_alpha;
+      t.lr = o.lr;
+      t.schedule = "linear";
+      t.warmup_steps = 10;
+      t.epochs = o.epochs;
+      t.batch_size = o.batch_size;
+      t.grad_accum = o.grad_accum;
+      t.max_len = 256;
+      t.seed = seed;
+      t.threads = o.threads;
+      t.quiet = o.quiet;
+      t.mode = mode;
+      if (mode != "sft") t.teacher = teacher;
+      const std::string adapter = (fs::path(t.out) / "adapter").string();
+      const std::string timing = (fs::path(t.out) / "demo_train_seconds.txt").string();
+      if (!fs::is_regular_file(fs::path(adapter) / "adapter_config.json")) {
+        log << "== " << mode << ": training the student\n";
+        const auto t1 = std::chrono::steady_clock::now();
+        t.resume = !train::latest_checkpoint(t.out).empty();
+        run_gsm8k_train(t, sink, log);
+        io::atomic_write(timing,
+                         std::to_string(std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count()));
+      }
+      double secs = 0;
+      if (fs::is_regular_file(timing)) secs = std::stod(io::read_file(timing));
+      adapters.push_back(adapter);
+      train_seconds.push_back(secs);
     }
 
-    // 3. Held-out accuracy of the NF4 student before and after.
+    // 3. Held-out accuracy of the NF4 student before and after (each mode).
     EvalOpts e;
     e.model = student;
-    e.adapters = {"none", adapter};
-    e.labels = {"student-before", "student-after"};
+    e.adapters = {"none"};
+    e.labels = {"student-before"};
+    for (size_t m = 0; m < o.modes.size(); ++m) {
+      e.adapters.push_back(adapters[m]);
+      e.labels.push_back(o.modes[m] == "sft" ? std::string("student-after") : "student-" + o.modes[m]);
+    }
     e.data = efile;
     e.out = (w / "eval").string();
     e.load_in_4bit = true;
@@ -144,21 +163,43 @@ std::vector<DemoResult> run_demo(const DemoOpts& o, std::ostream& out, std::ostr
     const auto rows = run_eval(e, table, log);
     log << table.str();
 
-    DemoResult r;
-    r.seed = seed;
-    r.traces = gs.total;
-    r.accepted = gs.accepted;
-    r.teacher = gs.total ? static_cast<double>(gs.accepted) / static_cast<double>(gs.total) : 0;
-    r.before = rows.front().score.strict_accuracy();
-    r.after = rows.back().score.strict_accuracy();
-    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    results.push_back(r);
+    for (size_t m = 0; m < o.modes.size(); ++m) {
+      DemoResult r;
+      r.seed = seed;
+      r.mode = o.modes[m];
+      r.traces = gs.total;
+      r.accepted = gs.accepted;
+      r.teacher = gs.total ? static_cast<double>(gs.accepted) / static_cast<double>(gs.total) : 0;
+      r.before = rows.front().score.strict_accuracy();
+      r.after = rows[m + 1].score.strict_accuracy();
+      r.train_seconds = train_seconds[m];
+      r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      results.push_back(r);
+    }
     if (example_before.empty()) {
       example_before = (fs::path(e.out) / (rows.front().label + ".jsonl")).string();
-      example_after = (fs::path(e.out) / (rows.back().label + ".jsonl")).string();
+      example_after = (fs::path(e.out) / (rows[1].label + ".jsonl")).string();
     }
   }
 
+  if (o.modes.size() > 1 || o.modes.front() != "sft") {
+    out << "\nDistill demo: a tiny Qwen3 teacher -> a tiny Gemma3 student (another tokenizer; NF4 + LoRA r=" << o.lora_r
+        << ", " << o.epochs << " epochs) by each distillation mode, accuracy on " << o.eval_questions
+        << " held-out problems (strict match)\n\n";
+    char line[256];
+    std::snprintf(line, sizeof line, "%-6s %-8s %15s %14s %8s %11s\n", "seed", "mode", "student before",
+                  "student after", "gain", "train time");
+    out << line;
+    for (const auto& r : results) {
+      std::snprintf(line, sizeof line, "%-6llu %-8s %14.1f%% %13.1f%% %+7.1f %11s\n",
+                    static_cast<unsigned long long>(r.seed), r.mode.c_str(), 100 * r.before, 100 * r.after,
+                    100 * (r.after - r.before), minsec(r.train_seconds).c_str());
+      out << line;
+    }
+    out << "modes: sft = the teacher's text only; kl, jsd = + its next-token distribution over the shared "
+           "vocabulary; uld = + its sorted distribution; feature = + its hidden states (train --mode)\n";
+    return results;
+  }
   out << "\nDistill demo: a tiny Qwen3 teacher's step-by-step traces -> a tiny Gemma3 student (NF4 + LoRA r="
       << o.lora_r << ", " << o.epochs << " epochs), accuracy on " << o.eval_questions
       << " held-out problems (strict match)\n\n";

@@ -195,6 +195,12 @@ int main(int argc, char** argv) {
       "tokenizer) -> accuracy on held-out problems before and after");
   demo->add_option("--seeds", d.seeds, "One run per seed (the distillation and held-out problems, LoRA init)")
       ->capture_default_str();
+  demo->add_option("--modes", d.modes,
+                   "Distillation modes to compare, each with its own adapter from the same traces: sft, kl, rkl, jsd, "
+                   "uld, feature (train --mode); more than sft prints a row per mode")
+      ->check(CLI::IsMember({"sft", "kl", "rkl", "jsd", "uld", "feature"}))
+      ->delimiter(',')
+      ->capture_default_str();
   demo->add_option("--work,-w", d.work, "Working directory (traces, checkpoints, evaluations)")->capture_default_str();
   demo->add_flag("--fresh", d.fresh, "Start over (default: continue a killed run in --work)");
   demo->add_option("--models", d.models, "Directory with teacher/ and student/ (default: the committed demo models)");

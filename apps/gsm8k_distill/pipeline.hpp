@@ -119,6 +119,9 @@ struct DemoOpts {
   std::string work = "distill_demo";
   std::string write_corpus;  // write the demo models' pretraining corpus here and stop
   std::vector<uint64_t> seeds{1};
+  // Distillation modes to compare (train --mode): each trains its own adapter from the same traces; with more than
+  // sft, the table has a row per mode.
+  std::vector<std::string> modes{"sft"};
   int64_t train_questions = 1200;
   int64_t eval_questions = 200;
   int64_t epochs = 4;
@@ -134,7 +137,9 @@ struct DemoOpts {
 };
 struct DemoResult {
   uint64_t seed = 0;
+  std::string mode = "sft";
   double before = 0, after = 0, teacher = 0, seconds = 0;
+  double train_seconds = 0;  // this mode's training (as measured when it ran, kept beside its adapter)
   int64_t accepted = 0, traces = 0;
 };
 std::vector<DemoResult> run_demo(const DemoOpts& o, std::ostream& out, std::ostream& err);

@@ -17,7 +17,11 @@
 // decodes to the same bytes ("Ġthe" and "▁the" are both " the"); special tokens correspond only through the pairs
 // the caller gives (e.g. <|im_end|> -> <end_of_turn>). Top-K rows (kd.hpp, ref::topk_kd_row) then carry the
 // teacher's distribution in the student's vocabulary: its most probable tokens that have a counterpart, the rest
-// as tail mass.
+// as tail mass. Comparing next-token distributions this way is only sound where both sides' next tokens are the
+// same text: with whole_tokens, align_tokens keeps only the positions whose tokens start AND end at the same
+// characters (elsewhere the student's token spells more or less than the teacher's -- "▁books." against "Ġbook"
+// -- and the teacher's mass on its own spelling would pull the student away from its label; an earlier version
+// that sent such teacher tokens to the student token their text begins with lowered the demo's accuracy).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -92,7 +96,8 @@ inline std::vector<int64_t> text_map(std::string_view s, std::string_view t) {
 // Pairs (student token index, teacher token index) over the given token ranges [s0, s1) and [t0, t1) of two
 // sequences whose trained texts are `student` and `teacher` (token_text of those ranges). See the file comment.
 inline std::vector<std::pair<int64_t, int64_t>> align_tokens(const TokenText& student, int64_t s0,
-                                                             const TokenText& teacher, int64_t t0) {
+                                                             const TokenText& teacher, int64_t t0,
+                                                             bool whole_tokens = false) {
   std::vector<std::pair<int64_t, int64_t>> out;
   const size_t ns = student.starts.size(), nt = teacher.starts.size();
   if (ns == 0 || nt == 0) return out;
@@ -108,7 +113,12 @@ inline std::vector<std::pair<int64_t, int64_t>> align_tokens(const TokenText& st
     const int64_t tc = m[static_cast<size_t>(c)];
     if (tc < 0) continue;
     const auto it = teacher_at.find(tc);
-    if (it != teacher_at.end()) out.emplace_back(s0 + static_cast<int64_t>(k), t0 + it->second);
+    if (it == teacher_at.end()) continue;
+    if (whole_tokens) {  // the last characters correspond too, and end both tokens
+      const int64_t s_end = student.starts[k + 1], t_end = teacher.starts[static_cast<size_t>(it->second) + 1];
+      if (s_end <= c || t_end < 0 || m[static_cast<size_t>(s_end - 1)] != t_end - 1) continue;
+    }
+    out.emplace_back(s0 + static_cast<int64_t>(k), t0 + it->second);
   }
   out.emplace_back(s0 + static_cast<int64_t>(ns) - 1, t0 + static_cast<int64_t>(nt) - 1);  // the end markers
   // Keep the teacher side increasing (a run matched out of order would pair backwards).
@@ -122,7 +132,7 @@ inline std::vector<std::pair<int64_t, int64_t>> align_tokens(const TokenText& st
 // of special tokens.
 struct VocabMap {
   std::vector<int32_t> to_student;
-  int64_t shared = 0;
+  int64_t shared = 0;  // tokens with an identical student token (and the given special pairs)
   int32_t operator()(int64_t teacher_id) const {
     return teacher_id >= 0 && teacher_id < static_cast<int64_t>(to_student.size())
                ? to_student[static_cast<size_t>(teacher_id)]
