@@ -65,7 +65,8 @@ inline std::vector<data::SftExample> read_examples(const std::string& path, cons
         e.labels.resize(static_cast<size_t>(max_len));
       }
       out.push_back(std::move(e));
-      if (texts) texts->push_back({j.value("id", where), {}, {}});
+      if (texts)
+        texts->push_back({j.contains("id") && j["id"].is_string() ? j["id"].get<std::string>() : where, {}, {}});
       continue;
     }
     std::vector<text::Message> chat, teacher_chat;

@@ -195,7 +195,7 @@ int main(int argc, char** argv) {
       "tokenizer) -> accuracy on held-out problems before and after");
   demo->add_option("--seeds", d.seeds, "One run per seed (the distillation and held-out problems, LoRA init)")
       ->capture_default_str();
-  demo->add_option("--modes", d.modes,
+  demo->add_option("--modes,--mode", d.modes,
                    "Distillation modes to compare, each with its own adapter from the same traces: sft, kl, rkl, jsd, "
                    "uld, feature (train --mode); more than sft prints a row per mode")
       ->check(CLI::IsMember({"sft", "kl", "rkl", "jsd", "uld", "feature"}))
