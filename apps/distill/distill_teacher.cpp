@@ -317,16 +317,20 @@ train::DistillConfig make_distillation(const TrainCmd& o, const StudentInfo& st,
       return at;
     }
     const Tensor<float> hg = gather_rows(h.reshape({h.numel() / h.shape().back(), h.shape().back()}), trows);
-    const Tensor<float> logits = train::head_logits(hg, teacher->head, 0, n);
-    if (shape.target == train::DistillTarget::Uld) {
-      at.values = logits;
+    if (shape.target == train::DistillTarget::Uld) {  // the full rows (V_teacher floats per aligned position)
+      at.values = train::head_logits(hg, teacher->head, 0, n);
       return at;
     }
-    const int64_t K = shape.topk, VT = logits.dim(1);
+    // Top-K rows, the teacher's logits made chunk_rows positions at a time (never all [n, V_teacher] at once).
+    const int64_t K = shape.topk, VT = teacher->vocab;
     at.values = Tensor<float>::zeros({n, 2 * K + 1});
-    for (int64_t i = 0; i < n; ++i)
-      train::topk_row_from_logits(logits.data() + i * VT, VT, *map, K, shape.kd.temperature,
-                                  at.values.data() + i * (2 * K + 1));
+    for (int64_t r0 = 0; r0 < n; r0 += shape.chunk_rows) {
+      const int64_t r1 = std::min(n, r0 + shape.chunk_rows);
+      const Tensor<float> logits = train::head_logits(hg, teacher->head, r0, r1);
+      for (int64_t i = r0; i < r1; ++i)
+        train::topk_row_from_logits(logits.data() + (i - r0) * VT, VT, *map, K, shape.kd.temperature,
+                                    at.values.data() + i * (2 * K + 1));
+    }
     return at;
   };
   return dc;
