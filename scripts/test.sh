@@ -21,7 +21,7 @@ cmake --build --preset ci
 echo "== tests"
 ctest --preset ci
 
-# 6 s per target keeps CI under its time limit (scripts/fuzz.sh alone defaults to 20 s; FUZZ_SECONDS overrides).
-export FUZZ_SECONDS=${FUZZ_SECONDS:-6}
+# 3 s per target keeps CI near its time limit (scripts/fuzz.sh alone defaults to 20 s; FUZZ_SECONDS overrides).
+export FUZZ_SECONDS=${FUZZ_SECONDS:-3}
 echo "== fuzz (libFuzzer, ${FUZZ_SECONDS} s per target)"
 bash scripts/fuzz.sh

@@ -1,10 +1,10 @@
 # The demo at a reduced size (fewer teacher traces and held-out problems than the default 1200 / 200), once per
 # distillation mode (demo --modes): every mode's distilled student must beat the starting accuracy by at least
 # MIN_GAIN points. The full demo's figures are in the README. Inputs: -DAPP -DWORK -DMIN_GAIN -DMODES (a,b,c)
-# -DTRAIN_QUESTIONS -DEVAL_QUESTIONS
+# -DTRAIN_QUESTIONS -DEVAL_QUESTIONS -DTHREADS (0: all cores)
 file(REMOVE_RECURSE "${WORK}")
 execute_process(COMMAND "${APP}" demo --work "${WORK}" --train-questions ${TRAIN_QUESTIONS} --eval-questions
-                        ${EVAL_QUESTIONS} --modes ${MODES} --quiet
+                        ${EVAL_QUESTIONS} --modes ${MODES} --threads ${THREADS} --quiet
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "demo exited ${rc}\n${out}\n${err}")
