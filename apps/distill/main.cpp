@@ -15,6 +15,7 @@
 
 #include "commands.hpp"
 #include "distill/io/hf_hub.hpp"
+#include "distill_options.hpp"
 #include "model_commands.hpp"
 #include "train_commands.hpp"
 
@@ -147,38 +148,7 @@ int main(int argc, char** argv) {
   train->add_option("--max-steps", tr.max_steps, "Stop after this many steps (overrides --epochs)")->default_val(0);
   train->add_option("--max-len", tr.max_len, "Tokens per example (truncated) / per packed row")->default_val(2048);
   train->add_flag("--packing", tr.packing, "Pack several examples per row (no attention across them)");
-  train
-      ->add_option(
-          "--mode", tr.mode,
-          "sft: the labels only; kl, rkl, jsd: also the teacher's next-token distribution (forward KL, reverse KL, "
-          "JSD(beta)) at the trained positions (same tokenizer: token by token; another tokenizer: over the "
-          "shared vocabulary at aligned positions); uld: Universal Logit Distillation (any tokenizers); "
-          "feature: projected hidden states of mapped layers. Needs --teacher (or --teacher-logits for "
-          "kl/rkl/jsd)")
-      ->check(CLI::IsMember({"sft", "kl", "rkl", "jsd", "uld", "feature"}))
-      ->capture_default_str();
-  train->add_option("--teacher", tr.teacher, "Teacher checkpoint (any tokenizer; see --mode)");
-  train->add_option("--teacher-logits", tr.teacher_logits,
-                    "Offline teacher: top-K logits files from generate --save-logits (kl/rkl/jsd; the teacher is not "
-                    "loaded)");
-  train->add_option("--teacher-tokenizer", tr.teacher_tokenizer,
-                    "With --teacher-logits: the teacher's tokenizer (a model directory; default: the student's)");
-  train
-      ->add_option("--topk", tr.topk,
-                   "Another tokenizer, kl/rkl/jsd: compare the teacher's K most probable shared "
-                   "tokens (the rest as one tail bucket)")
-      ->capture_default_str();
-  train->add_option("--layer-map", tr.layer_map,
-                    "feature: student:teacher layer pairs, e.g. 0:1,1:3 (default: "
-                    "proportional, every student layer)");
-  train->add_option("--feature-loss", tr.feature_loss, "feature: mse or cosine")
-      ->check(CLI::IsMember({"mse", "cosine"}))
-      ->capture_default_str();
-  train->add_option("--kd-weight", tr.kd_weight, "Weight of the distillation loss")->capture_default_str();
-  train->add_option("--ce-weight", tr.ce_weight, "Weight of the cross-entropy on the labels")->capture_default_str();
-  train->add_option("--temperature", tr.temperature, "Distillation temperature T (the loss is scaled by T^2)")
-      ->capture_default_str();
-  train->add_option("--beta", tr.beta, "JSD's teacher weight in the mixture, in (0, 1)")->capture_default_str();
+  distill::app::add_distillation_options(train, tr);
   train->add_flag("--grad-checkpoint", tr.grad_checkpoint, "Recompute each block in backward (less memory)");
   train->add_option("--save-every", tr.save_every, "Checkpoint every N steps (also at each epoch end)")->default_val(0);
   train->add_option("--seed", tr.seed, "Seed of data order, adapter init and dropout")->default_val(3407);

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <iostream>
 
+#include "distill_options.hpp"
 #include "pipeline.hpp"
 #include "runner.hpp"
 
@@ -113,36 +114,7 @@ int main(int argc, char** argv) {
   tr->add_option("--target", t.targets, "Target modules (default: all seven projections)");
   tr->add_flag("--no-quantize{false}", t.quantize, "LoRA on the dense base instead of NF4 (QLoRA)");
   tr->add_flag("--packing", t.packing, "Pack several examples per row");
-  tr->add_option(
-        "--mode", t.mode,
-        "sft: the labels only; kl, rkl, jsd: also the teacher's next-token distribution (forward KL, reverse KL, "
-        "JSD(beta)) at the trained positions (same tokenizer: token by token; another tokenizer: over the "
-        "shared vocabulary at aligned positions); uld: Universal Logit Distillation (any tokenizers); "
-        "feature: projected hidden states of mapped layers. Needs --teacher (or --teacher-logits for "
-        "kl/rkl/jsd)")
-      ->check(CLI::IsMember({"sft", "kl", "rkl", "jsd", "uld", "feature"}))
-      ->capture_default_str();
-  tr->add_option("--teacher", t.teacher, "Teacher checkpoint (any tokenizer; see --mode)");
-  tr->add_option("--teacher-logits", t.teacher_logits,
-                 "Offline teacher: top-K logits files from generate --save-logits (kl/rkl/jsd; the teacher is not "
-                 "loaded)");
-  tr->add_option("--teacher-tokenizer", t.teacher_tokenizer,
-                 "With --teacher-logits: the teacher's tokenizer (a model directory; default: the student's)");
-  tr->add_option("--topk", t.topk,
-                 "Another tokenizer, kl/rkl/jsd: compare the teacher's K most probable shared "
-                 "tokens (the rest as one tail bucket)")
-      ->capture_default_str();
-  tr->add_option("--layer-map", t.layer_map,
-                 "feature: student:teacher layer pairs, e.g. 0:1,1:3 (default: "
-                 "proportional, every student layer)");
-  tr->add_option("--feature-loss", t.feature_loss, "feature: mse or cosine")
-      ->check(CLI::IsMember({"mse", "cosine"}))
-      ->capture_default_str();
-  tr->add_option("--kd-weight", t.kd_weight, "Weight of the distillation loss")->capture_default_str();
-  tr->add_option("--ce-weight", t.ce_weight, "Weight of the cross-entropy on the labels")->capture_default_str();
-  tr->add_option("--temperature", t.temperature, "Distillation temperature T (the loss is scaled by T^2)")
-      ->capture_default_str();
-  tr->add_option("--beta", t.beta, "JSD's teacher weight in the mixture, in (0, 1)")->capture_default_str();
+  distill::app::add_distillation_options(tr, t);
   tr->add_flag("--grad-checkpoint", t.grad_checkpoint, "Activation checkpointing per block");
   tr->add_option("--save-every", t.save_every, "Also checkpoint every N steps (0: per epoch and at the end)");
   tr->add_option("--seed", t.seed, "Seed (LoRA init, shuffle, dropout)")->capture_default_str();
